@@ -1,0 +1,101 @@
+"""The activation-based family: CAM's classifier weights and the principal-component methods.
+
+CAM and Eigen-CAM need no gradients; EigenGrad-CAM applies Eigen-CAM's projection to ``G * A``.
+Shapes: activations ``A`` are ``(N, C, H, W)``; maps are ``(N, H, W)``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from array_api_compat import array_namespace
+
+from . import _ops
+from ._base import CamMethod, ChannelWeightedMethod
+from ._errors import LayerError, TargetError
+from ._protocol import CLASSIFIER_WEIGHTS, Capture
+
+__all__ = ["CAM", "EigenCAM", "EigenGradCAM"]
+
+Array = Any
+
+
+class CAM(ChannelWeightedMethod):
+    """CAM: channels weighted by the classifier's weights for the target class.
+
+    For a model ending in global average pooling and a linear classifier with weights
+    ``W`` ``(K, C)``, ``M[n] = sum_c W[k_n, c] * A[n, c]``, where ``A`` is the pooled layer's
+    input and ``k_n`` the target class. The paper takes no ReLU (``relu=None`` keeps it off).
+
+    ``classifier`` names the linear layer; ``None`` takes the model's last one. The layer
+    explained must be the one whose pooled output feeds it.
+
+    Zhou et al., "Learning Deep Features for Discriminative Localization", CVPR 2016, eq. 2.
+    """
+
+    name = "cam"
+    paper = "Zhou et al., CVPR 2016, arXiv:1512.04150"
+    needs_gradients = False
+    relu_by_default = False
+    requires = frozenset({CLASSIFIER_WEIGHTS})
+
+    def __init__(self, *args: Any, classifier: object | None = None, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.classifier = classifier
+        self._classifier_weights()  # fail now, not at the first call, if there is none
+
+    def _classifier_weights(self) -> Array:
+        # Read at every call: the model's weights may have changed since construction.
+        provider: Any = self.provider
+        return provider.classifier_weights(self.classifier)
+
+    def channel_weights(self, activations: Array, gradients: None, capture: Capture) -> Array:
+        if capture.indices is None:
+            raise TargetError(
+                "CAM weights channels by one class's classifier weights, so target= must be a "
+                "class (None, an index, or one index per sample), not a callable"
+            )
+        weights = self._classifier_weights()
+        if weights.shape[1] != activations.shape[1]:
+            raise LayerError(
+                f"CAM: the classifier takes {weights.shape[1]} features but layer "
+                f"{self.layers!r} has {activations.shape[1]} channels; explain the layer whose "
+                "globally pooled output feeds the classifier"
+            )
+        return array_namespace(weights).take(weights, capture.indices, axis=0)
+
+
+class EigenCAM(CamMethod):
+    """Eigen-CAM: the activations projected on their first principal direction.
+
+    With ``X[n]`` the ``(HW, C)`` matrix of sample ``n``'s activations and ``v_1`` its first
+    right singular vector, ``M[n] = X[n] @ v_1`` as an ``(H, W)`` map, signed so that its sum is
+    non-negative (a singular vector's sign is arbitrary). Class-agnostic: it ignores ``target``
+    except to report scores. No ReLU in the paper.
+
+    Muhammad & Yeasin, "Eigen-CAM: Class Activation Map using Principal Components", IJCNN 2020.
+    """
+
+    name = "eigencam"
+    paper = "Muhammad & Yeasin, IJCNN 2020, arXiv:2008.00299"
+    needs_gradients = False
+    relu_by_default = False
+
+    def layer_map(self, activations: Array, gradients: None, capture: Capture) -> Array:
+        return _ops.first_principal_projection(activations)
+
+
+class EigenGradCAM(CamMethod):
+    """EigenGrad-CAM: Eigen-CAM on the gradient-weighted activations ``G * A``.
+
+    ``M[n] = X[n] @ v_1`` with ``X[n]`` the ``(HW, C)`` matrix of ``G[n] * A[n]``, signed as in
+    Eigen-CAM; class-discriminative through ``G``. From the pytorch-grad-cam library
+    (Gildenblat et al., 2021), which has no paper.
+    """
+
+    name = "eigengradcam"
+    paper = "Gildenblat et al., pytorch-grad-cam (2021), no paper"
+    relu_by_default = False
+
+    def layer_map(self, activations: Array, gradients: Array, capture: Capture) -> Array:
+        return _ops.first_principal_projection(gradients * activations)

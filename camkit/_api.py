@@ -1,0 +1,96 @@
+"""``camkit.explain`` and the method table."""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Sequence
+from typing import Any
+
+from ._activation import CAM, EigenCAM, EigenGradCAM
+from ._base import CamMethod, Explanation, LayerLike, OutputSize
+from ._errors import InputError, closest_names
+from ._gradient import (
+    GradCAM,
+    GradCAMElementWise,
+    GradCAMPlusPlus,
+    HiResCAM,
+    LayerCAM,
+    XGradCAM,
+)
+from ._targets import TargetLike
+
+__all__ = ["explain", "methods"]
+
+_METHODS: dict[str, type[CamMethod]] = {
+    cls.name: cls
+    for cls in (
+        CAM,
+        GradCAM,
+        GradCAMPlusPlus,
+        XGradCAM,
+        HiResCAM,
+        GradCAMElementWise,
+        LayerCAM,
+        EigenCAM,
+        EigenGradCAM,
+    )
+}
+
+
+def methods() -> dict[str, type[CamMethod]]:
+    """The methods by the names :func:`explain` accepts, each class documenting its paper."""
+    return dict(_METHODS)
+
+
+def _option_names(cls: type[CamMethod]) -> set[str]:
+    names: set[str] = set()
+    for klass in cls.__mro__:
+        if "__init__" in vars(klass) and issubclass(klass, CamMethod):
+            parameters = inspect.signature(klass.__init__).parameters.values()
+            names |= {p.name for p in parameters if p.kind is p.KEYWORD_ONLY}
+    return names
+
+
+def explain(
+    model: Any,
+    inputs: Any,
+    method: str = "gradcam",
+    layer: LayerLike | Sequence[LayerLike] | None = None,
+    target: TargetLike = None,
+    backend: str | None = None,
+    size: OutputSize = "input",
+    **options: Any,
+) -> Explanation:
+    """Explain a batch in one call.
+
+    Args:
+        model: a model of any framework that a backend handles (a ``torch.nn.Module``, ...).
+        inputs: a batch as the model takes it (``(N, 3, H, W)`` for torch).
+        method: one of :func:`methods`: ``"cam"``, ``"gradcam"``, ``"gradcam++"``,
+            ``"xgradcam"``, ``"hirescam"``, ``"gradcam-elementwise"``, ``"layercam"``,
+            ``"eigencam"``, ``"eigengradcam"``.
+        layer: a layer name, layer object, or a sequence of them; ``None`` picks the last layer
+            with a spatial output (the result's ``layers`` says which).
+        target: ``None`` (each sample's top-1 class), a class index, one index per sample, a
+            :mod:`camkit.targets` object, or a callable ``outputs -> (N,)`` in the model's
+            framework.
+        backend: a backend name to override automatic selection.
+        size: ``"input"``, ``"layer"`` or ``(H, W)``: the maps' size.
+        **options: the method's options: ``relu``, ``normalize``, ``fusion``, ``grid``,
+            ``prefix_tokens``, and per method ``variant`` (Grad-CAM++) or ``classifier`` (CAM).
+
+    Returns:
+        an :class:`Explanation` whose ``cams`` are numpy float32 ``(N, H, W)``.
+    """
+    cls = _METHODS.get(method)
+    if cls is None:
+        raise InputError(f"method={method!r} is not a camkit method; {closest_names(method, _METHODS)}")
+    valid = _option_names(cls) - {"backend", "size"}
+    unknown = sorted(set(options) - valid)
+    if unknown:
+        raise InputError(
+            f"{unknown[0]!r} is not an option of method {method!r}; "
+            f"{closest_names(unknown[0], sorted(valid))}"
+        )
+    with cls(model, layer, backend=backend, size=size, **options) as explainer:
+        return explainer(inputs, target)

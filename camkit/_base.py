@@ -1,0 +1,251 @@
+"""The shared pipeline of every method: capture, per-layer map, ReLU, resize, normalize, fuse.
+
+A method subclass says only what it needs (gradients or not, optional capabilities) and how one
+layer's activations and gradients become one raw map, ``layer_map(A, G) -> (N, H, W)``. The
+pipeline around it is the same for every method:
+
+1. the backend runs the model once and captures each layer's activations ``A`` and gradients
+   ``G = dS/dA`` of the target score ``S`` (token layers ``(N, T, C)`` become grids);
+2. per layer: ``M = layer_map(A, G)``, then ``ReLU(M)`` if ``relu``, then a bilinear resize
+   to the output size, then a per-map min-max normalization if ``normalize == "minmax"``;
+3. several layers are fused (mean, max or product) and the fused map normalized again.
+
+Everything up to the final maps runs in the backend's namespace, on the model's device.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, ClassVar, Literal, Union
+
+import numpy as np
+
+from . import _ops
+from ._errors import CamkitError, CapabilityError, InputError
+from ._protocol import ActivationGradientProvider, Capture
+from ._registry import provider_for
+from ._targets import TargetLike, as_target
+
+__all__ = ["CamMethod", "ChannelWeightedMethod", "Explanation", "Normalize", "OutputSize"]
+
+Array = Any
+Normalize = Literal["minmax", "none"]
+OutputSize = Union[Literal["input", "layer"], tuple[int, int]]
+LayerLike = Union[str, object]
+
+
+@dataclass(frozen=True, repr=False)
+class Explanation:
+    """The result of explaining a batch.
+
+    ``cams`` ``(N, H, W)`` float32, in ``[0, 1]`` when normalized; ``targets`` ``(N,)`` int64,
+    the output index each map explains (``-1`` for a callable target); ``scores`` ``(N,)``
+    float32, the target score of each sample; ``layers`` the layers' names as the backend knows
+    them; ``method`` and ``backend`` the names used.
+    """
+
+    cams: np.ndarray
+    targets: np.ndarray
+    scores: np.ndarray
+    layers: tuple[str, ...]
+    method: str
+    backend: str
+
+    def __len__(self) -> int:
+        return int(self.cams.shape[0])
+
+    def __repr__(self) -> str:
+        return (
+            f"Explanation(method={self.method!r}, backend={self.backend!r}, "
+            f"layers={self.layers!r}, cams=<{self.cams.dtype} {self.cams.shape}>, "
+            f"targets={self.targets.tolist()!r})"
+        )
+
+
+class CamMethod(ABC):
+    """A class-activation-map method bound to one model and its layers.
+
+    Build it once and call it on batches: ``cam = camkit.GradCAM(model); cam(x, target=3)``.
+    Use it as a context manager (or call :meth:`close`) to release what the backend caches.
+
+    Args:
+        model: the model, in any framework a backend handles.
+        layer: a layer name, a layer object, or a sequence of them (their maps are fused);
+            ``None`` picks the last layer with a spatial output.
+        backend: a backend name (``"torch"``, ...) to override automatic selection.
+        relu: keep only the positive part of each layer's map; ``None`` uses the method's
+            paper (on for the gradient methods, off for CAM and Eigen-CAM).
+        normalize: ``"minmax"`` rescales each map to ``[0, 1]``; ``"none"`` keeps raw values.
+        size: ``"input"`` (the inputs' spatial size), ``"layer"`` (the largest layer's own
+            size) or ``(H, W)``.
+        fusion: how several layers' maps combine: ``"mean"``, ``"max"`` or ``"product"``.
+        grid: ``(h, w)`` patch grid of token layers ``(N, T, C)``; ``None`` for a square grid.
+        prefix_tokens: leading tokens (class, registers) to drop from token layers; ``None``
+            drops the fewest that leave ``h * w`` tokens.
+    """
+
+    #: The name ``camkit.explain`` knows the method by.
+    name: ClassVar[str]
+    #: The paper that defines the method.
+    paper: ClassVar[str]
+    #: Whether the method needs ``dS/dA``.
+    needs_gradients: ClassVar[bool] = True
+    #: Whether the paper applies a ReLU to the map.
+    relu_by_default: ClassVar[bool] = True
+    #: Optional provider capabilities the method needs.
+    requires: ClassVar[frozenset[str]] = frozenset()
+
+    def __init__(
+        self,
+        model: Any,
+        layer: LayerLike | Sequence[LayerLike] | None = None,
+        *,
+        backend: str | None = None,
+        relu: bool | None = None,
+        normalize: Normalize = "minmax",
+        size: OutputSize = "input",
+        fusion: _ops.Fusion = "mean",
+        grid: tuple[int, int] | None = None,
+        prefix_tokens: int | None = None,
+    ) -> None:
+        if normalize not in ("minmax", "none"):
+            raise InputError(f"normalize={normalize!r} is not valid; use 'minmax' or 'none'")
+        if fusion not in ("mean", "max", "product"):
+            raise InputError(f"fusion={fusion!r} is not valid; use 'mean', 'max' or 'product'")
+        if not (size in ("input", "layer") or _is_size_pair(size)):
+            raise InputError(
+                f"size={size!r} is not valid; use 'input', 'layer' or (height, width)"
+            )
+        self.provider: ActivationGradientProvider = provider_for(model, backend)
+        missing = self.requires - self.provider.capabilities
+        if missing:
+            raise CapabilityError(
+                f"method {self.name!r} needs the capability {sorted(missing)[0]!r}, which the "
+                f"{self.provider.name!r} backend does not provide for this model"
+            )
+        self.relu = self.relu_by_default if relu is None else bool(relu)
+        self.normalize = normalize
+        self.size = size
+        self.fusion = fusion
+        self.grid = grid
+        self.prefix_tokens = prefix_tokens
+        self._layers = None if layer is None else self._resolve(layer)
+        self._closed = False
+
+    def _resolve(self, layer: LayerLike | Sequence[LayerLike]) -> tuple[str, ...]:
+        many = isinstance(layer, (list, tuple))
+        layers = tuple(self.provider.resolve_layer(item) for item in (layer if many else [layer]))
+        if not layers:
+            raise InputError("layer=[] names no layer; pass None to pick one automatically")
+        return layers
+
+    @property
+    def layers(self) -> tuple[str, ...] | None:
+        """The layers' names; ``None`` until the first call when chosen automatically."""
+        return self._layers
+
+    def __call__(self, inputs: Any, target: TargetLike = None) -> Explanation:
+        """Explain a batch: ``inputs`` as the model takes them, ``target`` as in
+        :func:`camkit.explain`."""
+        if self._closed:
+            raise CamkitError(f"this {type(self).__name__} is closed; create a new one")
+        if self._layers is None:
+            self._layers = (self.provider.default_layer(inputs),)
+        capture = self.provider.capture(
+            inputs, self._layers, as_target(target), gradients=self.needs_gradients
+        )
+        gradients = capture.gradients or (None,) * len(capture.activations)
+        maps = []
+        for activations, layer_gradients in zip(capture.activations, gradients):
+            activations = self._as_grid(activations)
+            if layer_gradients is not None:
+                layer_gradients = self._as_grid(layer_gradients)
+            maps.append(self.layer_map(activations, layer_gradients, capture))
+        out_size = self._output_size(inputs, maps)
+        maps = [self._finish(m, out_size) for m in maps]
+        cams = _ops.fuse(maps, self.fusion)
+        if len(maps) > 1 and self.normalize == "minmax":
+            cams = _ops.normalize_minmax(cams)
+        return self._explanation(cams, capture)
+
+    def _as_grid(self, x: Array) -> Array:
+        if x.ndim == 3:
+            return _ops.tokens_to_grid(x, self.grid, self.prefix_tokens)
+        if x.ndim != 4:
+            raise InputError(
+                f"layer output has shape {tuple(x.shape)}; camkit needs (N, C, H, W) feature "
+                "maps or (N, tokens, C) token outputs"
+            )
+        return x
+
+    def _output_size(self, inputs: Any, maps: Sequence[Array]) -> tuple[int, int]:
+        if self.size == "input":
+            return self.provider.input_size(inputs)
+        if self.size == "layer":
+            return max((tuple(m.shape[1:]) for m in maps), key=lambda hw: hw[0] * hw[1])
+        return tuple(self.size)  # type: ignore[arg-type]
+
+    def _finish(self, layer_map: Array, size: tuple[int, int]) -> Array:
+        if self.relu:
+            layer_map = _ops.relu(layer_map)
+        layer_map = _ops.resize_bilinear(layer_map, size)
+        return _ops.normalize_minmax(layer_map) if self.normalize == "minmax" else layer_map
+
+    def _explanation(self, cams: Array, capture: Capture) -> Explanation:
+        to_numpy = self.provider.to_numpy
+        count = cams.shape[0]
+        if capture.indices is None:
+            targets = np.full((count,), -1, dtype=np.int64)
+        else:
+            targets = to_numpy(capture.indices).astype(np.int64)
+        return Explanation(
+            cams=np.ascontiguousarray(to_numpy(cams), dtype=np.float32),
+            targets=targets,
+            scores=to_numpy(capture.scores).astype(np.float32),
+            layers=tuple(self._layers or ()),
+            method=self.name,
+            backend=self.provider.name,
+        )
+
+    @abstractmethod
+    def layer_map(self, activations: Array, gradients: Array | None, capture: Capture) -> Array:
+        """One layer's raw map, ``(N, C, H, W), (N, C, H, W) -> (N, H, W)``."""
+
+    def close(self) -> None:
+        """Release the backend's caches; the object cannot be called afterwards."""
+        if not self._closed:
+            self._closed = True
+            self.provider.close()
+
+    def __enter__(self) -> CamMethod:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(layers={self._layers!r}, backend={self.provider.name!r})"
+
+
+class ChannelWeightedMethod(CamMethod):
+    """A method whose map is a weighted sum of channels: ``M = sum_c w[n, c] * A[n, c]``."""
+
+    @abstractmethod
+    def channel_weights(
+        self, activations: Array, gradients: Array | None, capture: Capture
+    ) -> Array:
+        """``(N, C, H, W), (N, C, H, W) -> (N, C)``: one weight per sample and channel."""
+
+    def layer_map(self, activations: Array, gradients: Array | None, capture: Capture) -> Array:
+        weights = self.channel_weights(activations, gradients, capture)
+        return _ops.weighted_channel_sum(weights, activations)
+
+
+def _is_size_pair(size: object) -> bool:
+    return (
+        isinstance(size, (tuple, list))
+        and len(size) == 2
+        and all(isinstance(s, int) and s > 0 for s in size)
+    )

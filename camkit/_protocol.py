@@ -1,0 +1,88 @@
+"""The contract between camkit's core and a framework backend.
+
+Arrays cross this boundary channels-first, ``(N, C, H, W)`` for convolutional layers or
+``(N, T, C)`` for token layers, as float32, in the backend's own namespace and on the model's
+device. The core never converts them to numpy before the final maps.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol, runtime_checkable
+
+import numpy as np
+
+from ._targets import Target
+
+__all__ = ["ActivationGradientProvider", "Capture", "CLASSIFIER_WEIGHTS"]
+
+Array = Any
+
+#: Capability: ``classifier_weights()`` returns the final linear layer's ``(K, C)`` weights (CAM).
+CLASSIFIER_WEIGHTS = "classifier_weights"
+
+
+@dataclass(frozen=True)
+class Capture:
+    """What one instrumented forward (and backward) pass returns.
+
+    ``activations[l]`` and ``gradients[l]`` belong to ``layers[l]`` of the request, each
+    ``(N, C, H, W)`` or ``(N, T, C)``; ``gradients`` is ``None`` when none were asked for.
+    ``outputs`` are the model's outputs, ``scores`` ``(N,)`` the target's score per sample and
+    ``indices`` ``(N,)`` the output index each score was read from (``None`` for a callable).
+    """
+
+    activations: tuple[Array, ...]
+    gradients: tuple[Array, ...] | None
+    outputs: Array
+    scores: Array
+    indices: Array | None
+
+
+@runtime_checkable
+class ActivationGradientProvider(Protocol):
+    """What a backend provides for one model.
+
+    A backend registers a factory ``provider(model) -> ActivationGradientProvider`` with
+    :func:`camkit.register_backend` or through the ``camkit`` entry-point group.
+    """
+
+    #: The backend's registered name, reported in every :class:`camkit.Explanation`.
+    name: str
+    #: Optional capabilities this provider offers, such as :data:`CLASSIFIER_WEIGHTS`.
+    capabilities: frozenset[str]
+
+    def layer_names(self) -> Sequence[str]:
+        """Every layer name that ``resolve_layer`` accepts, in the model's order."""
+        ...
+
+    def resolve_layer(self, layer: object) -> str:
+        """The canonical name of ``layer`` (a name or a layer object); raise ``LayerError``."""
+        ...
+
+    def default_layer(self, inputs: Any) -> str:
+        """The last layer with a spatial output for these inputs; raise ``LayerError``."""
+        ...
+
+    def capture(
+        self, inputs: Any, layers: Sequence[str], target: Target, *, gradients: bool
+    ) -> Capture:
+        """Run the model once, capturing the layers' activations and, if asked, the gradients
+        of the target's summed score with respect to them (and to nothing else).
+
+        On every exit path the model is left as it was found.
+        """
+        ...
+
+    def input_size(self, inputs: Any) -> tuple[int, int]:
+        """The inputs' spatial size ``(H, W)``."""
+        ...
+
+    def to_numpy(self, array: Array) -> np.ndarray:
+        """Copy an array of this backend to host memory as numpy."""
+        ...
+
+    def close(self) -> None:
+        """Release what the provider holds (compiled functions, caches)."""
+        ...

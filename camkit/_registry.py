@@ -1,0 +1,246 @@
+"""Backend discovery and selection through pluggy.
+
+Backends are found through the ``camkit`` entry-point group. Each entry point names a module (or
+object) implementing the ``camkit_backends`` hook, which returns cheap :class:`Backend` records;
+the heavy provider is imported only when a model needs it. Entry points load one at a time: one
+that fails becomes a warning and an entry in :func:`camkit.backends`, never a crash.
+
+Environment variables, read when the registry first loads:
+
+``CAMKIT_DISABLE_PLUGIN_AUTOLOAD``
+    Any non-empty value skips third-party entry points; camkit's own backends still load.
+``CAMKIT_BLOCK_PLUGINS``
+    Comma-separated entry-point names never to load, camkit's own included (``torch,tf``).
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.metadata
+import os
+import threading
+import warnings
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import pluggy
+
+from ._errors import BackendError, closest_names
+from ._protocol import ActivationGradientProvider
+
+__all__ = [
+    "Backend",
+    "BackendInfo",
+    "ENTRY_POINT_GROUP",
+    "backends",
+    "hookimpl",
+    "provider_for",
+    "register_backend",
+]
+
+ENTRY_POINT_GROUP = "camkit"
+_DISTRIBUTION = "camkit"
+hookspec = pluggy.HookspecMarker(ENTRY_POINT_GROUP)
+#: Decorator for a plugin's ``camkit_backends()`` hook implementation.
+hookimpl = pluggy.HookimplMarker(ENTRY_POINT_GROUP)
+
+ProviderFactory = Callable[[Any], ActivationGradientProvider]
+
+
+def _always() -> bool:
+    return True
+
+
+@dataclass(frozen=True)
+class Backend:
+    """A backend's registration record. Everything here must be cheap: no framework imports.
+
+    ``provider`` is a factory ``provider(model)`` or its lazy import path ``"module:attribute"``.
+    ``can_handle(model)`` claims a model (it must not import the framework: check
+    ``sys.modules`` first); ``available()`` says whether the framework is installed. Among the
+    claimants the highest ``priority`` wins; ``install`` tells users how to get the framework.
+    """
+
+    name: str
+    provider: str | ProviderFactory
+    can_handle: Callable[[Any], bool]
+    available: Callable[[], bool] = _always
+    priority: int = 0
+    install: str = ""
+
+
+@dataclass(frozen=True)
+class BackendInfo:
+    """What :func:`camkit.backends` reports of one backend or failed plugin."""
+
+    name: str
+    available: bool
+    loaded: bool
+    priority: int | None = None
+    error: str | None = None
+
+
+class _HookSpecs:
+    @hookspec
+    def camkit_backends(self) -> Sequence[Backend]:  # type: ignore[empty-body]
+        """Return the backends this plugin provides."""
+
+
+@dataclass
+class _Registry:
+    backends: dict[str, Backend] = field(default_factory=dict)
+    factories: dict[str, ProviderFactory] = field(default_factory=dict)
+    failures: dict[str, str] = field(default_factory=dict)
+    loaded: bool = False
+    lock: threading.RLock = field(default_factory=threading.RLock)
+
+    def ensure_loaded(self) -> None:
+        with self.lock:
+            if self.loaded:
+                return
+            self.loaded = True
+            manager = pluggy.PluginManager(ENTRY_POINT_GROUP)
+            manager.add_hookspecs(_HookSpecs)
+            for entry_point in self._entry_points():
+                try:
+                    manager.register(entry_point.load(), name=entry_point.name)
+                except Exception as error:  # a broken plugin must not break camkit
+                    self._fail(entry_point.name, error)
+            for implementation in manager.hook.camkit_backends.get_hookimpls():
+                try:
+                    records = implementation.function()
+                except Exception as error:
+                    self._fail(implementation.plugin_name, error)
+                else:
+                    self._add_all(implementation.plugin_name, records)
+
+    def _entry_points(self) -> list[importlib.metadata.EntryPoint]:
+        blocked = {n.strip() for n in os.environ.get("CAMKIT_BLOCK_PLUGINS", "").split(",")}
+        no_autoload = bool(os.environ.get("CAMKIT_DISABLE_PLUGIN_AUTOLOAD"))
+        chosen = []
+        for entry_point in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP):
+            own = entry_point.dist is not None and entry_point.dist.name == _DISTRIBUTION
+            if entry_point.name in blocked or (no_autoload and not own):
+                continue
+            chosen.append(entry_point)
+        return chosen
+
+    def _fail(self, name: str, error: BaseException) -> None:
+        message = f"{type(error).__name__}: {error}"
+        self.failures[name] = message
+        warnings.warn(
+            f"camkit plugin {name!r} failed to load and is skipped ({message}); set "
+            f"CAMKIT_BLOCK_PLUGINS={name} to silence this",
+            RuntimeWarning,
+            stacklevel=4,
+        )
+
+    def _add_all(self, plugin_name: str, records: Sequence[Backend]) -> None:
+        for record in records or ():
+            if not isinstance(record, Backend):
+                self._fail(plugin_name, TypeError(f"camkit_backends returned {record!r}"))
+            elif record.name in self.backends:
+                self._fail(plugin_name, BackendError(f"backend {record.name!r} is taken"))
+            else:
+                self.backends[record.name] = record
+
+    def add(self, backend: Backend, replace: bool) -> None:
+        with self.lock:
+            self.ensure_loaded()
+            if backend.name in self.backends and not replace:
+                raise BackendError(
+                    f"a backend named {backend.name!r} is already registered; pass "
+                    "replace=True to replace it"
+                )
+            self.backends[backend.name] = backend
+            self.factories.pop(backend.name, None)
+
+    def factory(self, backend: Backend) -> ProviderFactory:
+        with self.lock:
+            if backend.name not in self.factories:
+                provider = backend.provider
+                if isinstance(provider, str):
+                    module, _, attribute = provider.partition(":")
+                    provider = getattr(importlib.import_module(module), attribute)
+                self.factories[backend.name] = provider
+            return self.factories[backend.name]
+
+
+_REGISTRY = _Registry()
+
+
+def register_backend(backend: Backend, *, replace: bool = False) -> None:
+    """Register a backend directly, without an entry point (tests, notebooks, private code)."""
+    _REGISTRY.add(backend, replace)
+
+
+def backends() -> list[BackendInfo]:
+    """Every known backend, and every plugin that failed to load, with its state."""
+    _REGISTRY.ensure_loaded()
+    infos = [
+        BackendInfo(
+            name=b.name,
+            available=bool(b.available()),
+            loaded=b.name in _REGISTRY.factories,
+            priority=b.priority,
+        )
+        for b in _REGISTRY.backends.values()
+    ]
+    infos += [
+        BackendInfo(name=name, available=False, loaded=False, error=message)
+        for name, message in _REGISTRY.failures.items()
+    ]
+    return infos
+
+
+def _describe(backend: Backend) -> str:
+    if backend.available():
+        return backend.name
+    return f"{backend.name} (framework not installed: {backend.install or 'see its docs'})"
+
+
+def _select(model: object, name: str | None) -> Backend:
+    _REGISTRY.ensure_loaded()
+    known = _REGISTRY.backends
+    if name is not None:
+        if name in _REGISTRY.failures:
+            raise BackendError(f"backend={name!r} failed to load: {_REGISTRY.failures[name]}")
+        if name not in known:
+            raise BackendError(f"backend={name!r} is not registered; {closest_names(name, known)}")
+        backend = known[name]
+        if not backend.available():
+            raise BackendError(
+                f"backend={name!r} needs its framework, which is not installed: "
+                f"{backend.install or 'install it'}"
+            )
+        return backend
+    claimants = [b for b in known.values() if b.available() and b.can_handle(model)]
+    if not claimants:
+        listed = ", ".join(_describe(b) for b in known.values()) or "none"
+        raise BackendError(
+            f"no camkit backend can handle a model of type {_qualname(model)}; backends: "
+            f"{listed}. Pass backend= to choose one, or register one with "
+            "camkit.register_backend"
+        )
+    best = max(b.priority for b in claimants)
+    top = [b for b in claimants if b.priority == best]
+    if len(top) > 1:
+        names = ", ".join(repr(b.name) for b in top)
+        raise BackendError(
+            f"backends {names} all claim a model of type {_qualname(model)} at priority {best}; "
+            "pass backend= to choose one"
+        )
+    return top[0]
+
+
+def _qualname(model: object) -> str:
+    kind = type(model)
+    return f"{kind.__module__}.{kind.__qualname__}"
+
+
+def provider_for(model: object, backend: str | None = None) -> ActivationGradientProvider:
+    """Build the provider of the backend that handles ``model`` (or of ``backend``, if given)."""
+    chosen = _select(model, backend)
+    return _REGISTRY.factory(chosen)(model)
+

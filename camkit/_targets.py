@@ -1,0 +1,222 @@
+"""Targets: what score of the model's outputs a map explains.
+
+A target turns the model's outputs into one score per sample, ``(N,)``, the quantity whose
+gradients the gradient-based methods take. The framework-neutral targets below are written
+against the Array API, so autograd and tracing (torch, JAX) flow through them unchanged; a
+backend without an Array API namespace translates them itself. A plain callable is taken to be
+written in the model's own framework and is passed through untouched.
+"""
+
+from __future__ import annotations
+
+import numbers
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, Union
+
+from array_api_compat import array_namespace, device
+
+from ._errors import InputError, TargetError
+
+__all__ = [
+    "CallableTarget",
+    "ClassTarget",
+    "RegressionTarget",
+    "ScoredTarget",
+    "SegmentationTarget",
+    "SoftmaxTarget",
+    "Target",
+    "TargetLike",
+    "as_target",
+]
+
+Array = Any
+
+
+@dataclass(frozen=True)
+class ScoredTarget:
+    """A target applied to a batch of outputs.
+
+    ``scores`` is ``(N,)`` in the outputs' namespace (differentiable where the outputs are);
+    ``indices`` is ``(N,)`` integers, the output index each score was read from, or ``None``
+    where no single index applies (a callable target).
+    """
+
+    scores: Array
+    indices: Array | None
+
+
+class Target(ABC):
+    """Base class of framework-neutral targets; subclass it to write your own."""
+
+    @abstractmethod
+    def resolve(self, outputs: Array) -> ScoredTarget:
+        """Score a batch of outputs, ``(N, ...) -> (N,)``."""
+
+
+def _one_hot(indices: Array, count: int, like: Array) -> Array:
+    """``(N,) -> (N, count)`` one-hot rows in ``like``'s dtype and device."""
+    xp = array_namespace(like)
+    classes = xp.arange(count, device=device(like))
+    return xp.astype(classes[None, :] == indices[:, None], like.dtype)
+
+
+def _class_indices(index: int | Sequence[int] | None, outputs: Array, argument: str) -> Array:
+    """Per-sample class indices for ``(N, K)`` outputs, validated against ``N`` and ``K``."""
+    xp = array_namespace(outputs)
+    if outputs.ndim != 2:
+        raise TargetError(
+            f"{argument} needs outputs of shape (N, classes), got shape {tuple(outputs.shape)}; "
+            "for other outputs use camkit.targets.RegressionTarget, SegmentationTarget or a "
+            "callable written in the model's framework"
+        )
+    n, count = outputs.shape
+    if index is None:
+        return xp.argmax(outputs, axis=1)
+    chosen = [index] * n if isinstance(index, numbers.Integral) else [int(i) for i in index]
+    if len(chosen) != n:
+        raise TargetError(
+            f"{argument} has {len(chosen)} indices for a batch of {n} samples; give one index "
+            "per sample, or a single int for all"
+        )
+    for i in chosen:
+        if not 0 <= i < count:
+            raise TargetError(
+                f"{argument}={i} is out of range: the model has {count} outputs, so indices run "
+                f"from 0 to {count - 1}"
+            )
+    return xp.asarray(chosen, dtype=xp.int64, device=device(outputs))
+
+
+@dataclass(frozen=True)
+class ClassTarget(Target):
+    """The raw output (logit) of a class: ``S[n] = y[n, k_n]``.
+
+    ``index`` is one class for every sample, one class per sample, or ``None`` for each
+    sample's top-1 class. Grad-CAM and its family explain the pre-softmax score.
+    """
+
+    index: int | Sequence[int] | None = None
+
+    def resolve(self, outputs: Array) -> ScoredTarget:
+        indices = _class_indices(self.index, outputs, "target")
+        hot = _one_hot(indices, outputs.shape[1], outputs)
+        return ScoredTarget(array_namespace(outputs).sum(outputs * hot, axis=1), indices)
+
+
+@dataclass(frozen=True)
+class SoftmaxTarget(Target):
+    """The softmax probability of a class: ``S[n] = exp(y[n, k_n]) / sum_j exp(y[n, j])``."""
+
+    index: int | Sequence[int] | None = None
+
+    def resolve(self, outputs: Array) -> ScoredTarget:
+        xp = array_namespace(outputs)
+        indices = _class_indices(self.index, outputs, "SoftmaxTarget.index")
+        shifted = xp.exp(outputs - xp.max(outputs, axis=1, keepdims=True))
+        probabilities = shifted / xp.sum(shifted, axis=1, keepdims=True)
+        hot = _one_hot(indices, outputs.shape[1], outputs)
+        return ScoredTarget(xp.sum(probabilities * hot, axis=1), indices)
+
+
+@dataclass(frozen=True)
+class RegressionTarget(Target):
+    """A regression output: ``S[n] = y[n, output]``, or ``y[n]`` for outputs of shape ``(N,)``."""
+
+    output: int = 0
+
+    def resolve(self, outputs: Array) -> ScoredTarget:
+        xp = array_namespace(outputs)
+        n = outputs.shape[0]
+        if outputs.ndim == 1:
+            scores = outputs
+        elif outputs.ndim == 2:
+            if not 0 <= self.output < outputs.shape[1]:
+                raise TargetError(
+                    f"RegressionTarget.output={self.output} is out of range: the model has "
+                    f"{outputs.shape[1]} outputs"
+                )
+            scores = outputs[:, self.output]
+        else:
+            raise TargetError(
+                f"RegressionTarget needs outputs of shape (N,) or (N, outputs), got "
+                f"{tuple(outputs.shape)}"
+            )
+        indices = xp.full((n,), self.output, dtype=xp.int64, device=device(outputs))
+        return ScoredTarget(scores, indices)
+
+
+@dataclass(frozen=True)
+class SegmentationTarget(Target):
+    """A segmentation class summed over a region: ``S[n] = sum_ij y[n, k, i, j] * mask[i, j]``.
+
+    ``outputs`` are ``(N, K, H, W)`` per-pixel class scores; ``mask`` is ``(H, W)`` or
+    ``(N, H, W)`` (any array convertible to the outputs' namespace), or ``None`` for every pixel.
+    """
+
+    class_index: int
+    mask: Any = None
+
+    def resolve(self, outputs: Array) -> ScoredTarget:
+        xp = array_namespace(outputs)
+        if outputs.ndim != 4:
+            raise TargetError(
+                "SegmentationTarget needs outputs of shape (N, classes, H, W), got "
+                f"{tuple(outputs.shape)}"
+            )
+        n, count, height, width = outputs.shape
+        if not 0 <= self.class_index < count:
+            raise TargetError(
+                f"SegmentationTarget.class_index={self.class_index} is out of range: the model "
+                f"has {count} classes"
+            )
+        plane = outputs[:, self.class_index, :, :]
+        if self.mask is not None:
+            mask = xp.asarray(self.mask, dtype=outputs.dtype, device=device(outputs))
+            if tuple(mask.shape[-2:]) != (height, width):
+                raise TargetError(
+                    f"SegmentationTarget.mask has shape {tuple(mask.shape)}; it must be "
+                    f"({height}, {width}) or ({n}, {height}, {width}) to match the outputs"
+                )
+            plane = plane * mask
+        indices = xp.full((n,), self.class_index, dtype=xp.int64, device=device(outputs))
+        return ScoredTarget(xp.sum(plane, axis=(1, 2)), indices)
+
+
+@dataclass(frozen=True)
+class CallableTarget(Target):
+    """A score function written in the model's own framework: ``fn(outputs) -> (N,)``."""
+
+    fn: Callable[[Any], Any]
+
+    def resolve(self, outputs: Array) -> ScoredTarget:
+        scores = self.fn(outputs)
+        shape = tuple(getattr(scores, "shape", ()))
+        if shape != (outputs.shape[0],):
+            raise TargetError(
+                f"the target callable {self.fn!r} returned shape {shape}; it must return one "
+                f"score per sample, shape ({outputs.shape[0]},)"
+            )
+        return ScoredTarget(scores, None)
+
+
+TargetLike = Union[Target, int, Sequence[int], Callable[[Any], Any], None]
+
+
+def as_target(target: TargetLike) -> Target:
+    """Turn what a user passes as ``target=`` into a :class:`Target`."""
+    if isinstance(target, Target):
+        return target
+    if target is None or isinstance(target, numbers.Integral):
+        return ClassTarget(None if target is None else int(target))
+    if callable(target):
+        return CallableTarget(target)
+    if isinstance(target, Sequence) or hasattr(target, "__array__"):
+        values = [i for i in (target.tolist() if hasattr(target, "tolist") else target)]
+        if all(isinstance(i, numbers.Integral) for i in values):
+            return ClassTarget([int(i) for i in values])
+    raise InputError(
+        f"target={target!r} is not a target; pass None (top-1), a class index, one index per "
+        "sample, a camkit.targets object, or a callable written in the model's framework"
+    )

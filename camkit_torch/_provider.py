@@ -1,0 +1,321 @@
+"""The PyTorch provider: activations and ``dS/dA`` from an eager ``torch.nn.Module``.
+
+How a capture runs, and why:
+
+- The forward pass starts with autograd off. The first hooked layer switches it on and hands on
+  a fresh leaf ``A = output.detach().requires_grad_()``, so autograd records only from that
+  layer on: the prefix saves nothing for backward (on EfficientNet-Lite0 a grad-enabled forward
+  costs 1.26x an inference one; this costs about 1.02x).
+- Each hooked layer passes on a copy of its output (``A.clone()``), so an in-place op that
+  follows (``ReLU(inplace=True)``) changes the copy, never the captured activation.
+- Gradients come from ``torch.autograd.grad(sum_n S[n], A)``: with respect to the captured
+  activations only, never ``backward()`` into the parameters, whose ``.grad`` stays untouched.
+- A module called several times per forward (a shared activation module) is captured at its
+  last call. The provider remembers each module's call count, so from the second capture on
+  the earlier calls run untouched and autograd starts at the last one.
+- Hooks, train/eval flags and the grad mode are restored on every exit path.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+from collections import Counter
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+import numpy as np
+import torch
+
+from camkit import CLASSIFIER_WEIGHTS, Capture, InputError, LayerError, TargetError
+from camkit._errors import closest_names
+from camkit.targets import CallableTarget, Target
+
+__all__ = ["TorchProvider"]
+
+
+class TorchProvider:
+    """Captures activations and gradients of a ``torch.nn.Module`` on its own device.
+
+    Args:
+        model: the module to explain.
+        eval_mode: run the model in eval mode (dropout off, batch-norm statistics frozen) during
+            each capture and restore every submodule's own mode afterwards.
+    """
+
+    name = "torch"
+    capabilities = frozenset({CLASSIFIER_WEIGHTS})
+
+    def __init__(self, model: Any, *, eval_mode: bool = True) -> None:
+        if not isinstance(model, torch.nn.Module):
+            raise InputError(
+                f"the torch backend needs a torch.nn.Module, got {type(model).__qualname__}"
+            )
+        self.model = model
+        self.eval_mode = eval_mode
+        self._expected_calls: dict[str, int] = {}
+
+    # -- layers ---------------------------------------------------------------------------
+
+    def _modules(self) -> dict[str, torch.nn.Module]:
+        return {name: module for name, module in self.model.named_modules() if name}
+
+    def layer_names(self) -> list[str]:
+        return list(self._modules())
+
+    def resolve_layer(self, layer: object) -> str:
+        modules = self._modules()
+        model_name = type(self.model).__name__
+        if isinstance(layer, str):
+            if layer in modules:
+                return layer
+            raise LayerError(
+                f"layer={layer!r} is not a submodule of {model_name}; "
+                f"{closest_names(layer, modules)}"
+            )
+        if isinstance(layer, torch.nn.Module):
+            for name, module in modules.items():
+                if module is layer:
+                    return name
+            raise LayerError(
+                f"layer={type(layer).__name__}(...) is not a submodule of {model_name}; pass "
+                "a module from model.named_modules() or its dotted name"
+            )
+        raise LayerError(
+            f"layer={layer!r} is neither a name nor a torch.nn.Module; pass a dotted name such "
+            "as 'layer4.2' or the submodule itself"
+        )
+
+    def default_layer(self, inputs: Any) -> str:
+        x = self._prepare(inputs)
+        modules = self._modules()
+        calls: list[tuple[str, tuple[int, ...]]] = []
+
+        def record(name: str) -> Any:
+            def hook(module: torch.nn.Module, args: Any, output: Any) -> None:
+                if isinstance(output, torch.Tensor):
+                    calls.append((name, tuple(output.shape)))
+
+            return hook
+
+        handles = [m.register_forward_hook(record(n)) for n, m in modules.items()]
+        try:
+            with self._evaluating(), torch.no_grad():
+                self._forward(x)
+        finally:
+            for handle in handles:
+                handle.remove()
+        self._expected_calls.update(Counter(name for name, _ in calls))
+        for name, shape in reversed(calls):
+            if len(shape) == 4 and shape[2] * shape[3] > 1:
+                return name
+        raise LayerError(
+            f"no submodule of {type(self.model).__name__} outputs a spatial map (N, C, H, W) "
+            f"for inputs of shape {tuple(x.shape)}; pass layer= (for a vision transformer, a "
+            "block whose output is (N, tokens, C), with grid=(h, w) if it is not square)"
+        )
+
+    # -- capture --------------------------------------------------------------------------
+
+    def capture(
+        self, inputs: Any, layers: Sequence[str], target: Target, *, gradients: bool
+    ) -> Capture:
+        x = self._prepare(inputs)
+        for _ in range(2):  # a second try only if a shared layer was called fewer times
+            result = self._capture_once(x, layers, target, gradients)
+            if result is not None:
+                return result
+        raise LayerError(f"layers {list(layers)!r} were not captured; their call count varies")
+
+    def _capture_once(
+        self, x: torch.Tensor, layers: Sequence[str], target: Target, gradients: bool
+    ) -> Capture | None:
+        modules = self._modules()
+        expected = {name: self._expected_calls.get(name, 1) for name in layers}
+        calls: Counter[str] = Counter()
+        captured: dict[str, torch.Tensor] = {}
+
+        def capture_hook(name: str) -> Any:
+            def hook(module: torch.nn.Module, args: Any, output: Any) -> Any:
+                calls[name] += 1
+                if calls[name] < expected[name]:
+                    return None
+                if not isinstance(output, torch.Tensor):
+                    raise LayerError(
+                        f"layer {name!r} returns {type(output).__name__}, not a tensor; choose "
+                        "one of its submodules that returns a tensor"
+                    )
+                if not gradients:
+                    captured[name] = output.detach().clone()
+                    return None
+                if torch.is_grad_enabled() and output.requires_grad:
+                    activation = output  # already on the graph an earlier layer started
+                else:
+                    torch.set_grad_enabled(True)
+                    activation = output.detach().requires_grad_()
+                captured[name] = activation
+                return activation.clone()
+
+            return hook
+
+        handles = [modules[name].register_forward_hook(capture_hook(name)) for name in layers]
+        grad_mode = torch.is_grad_enabled()
+        try:
+            with self._evaluating(), torch.inference_mode(False), torch.no_grad():
+                outputs = self._forward(x)
+                self._check_outputs(outputs, target)
+                scored = target.resolve(outputs)
+                missing = [name for name in layers if name not in captured]
+                if missing:
+                    return self._recount(missing, calls)
+                activations = [captured[name] for name in layers]
+                layer_gradients = (
+                    self._gradients(scored.scores, activations, layers) if gradients else None
+                )
+        finally:
+            torch.set_grad_enabled(grad_mode)
+            for handle in handles:
+                handle.remove()
+        return Capture(
+            activations=tuple(a.detach().float() for a in activations),
+            gradients=None if layer_gradients is None else tuple(g.float() for g in layer_gradients),
+            outputs=outputs.detach() if isinstance(outputs, torch.Tensor) else outputs,
+            scores=scored.scores.detach(),
+            indices=scored.indices,
+        )
+
+    def _recount(self, missing: list[str], calls: Counter[str]) -> None:
+        never = [name for name in missing if calls[name] == 0]
+        if never:
+            raise LayerError(
+                f"layer {never[0]!r} was not called during the forward pass of "
+                f"{type(self.model).__name__}; choose a layer that the forward pass uses"
+            )
+        for name in missing:
+            self._expected_calls[name] = calls[name]
+
+    @staticmethod
+    def _check_outputs(outputs: Any, target: Target) -> None:
+        if not isinstance(outputs, torch.Tensor) and not isinstance(target, CallableTarget):
+            raise TargetError(
+                f"the model returns {type(outputs).__name__}, not a tensor; pass target= a "
+                "callable that takes those outputs and returns one score per sample"
+            )
+
+    def _gradients(
+        self, scores: torch.Tensor, activations: list[torch.Tensor], layers: Sequence[str]
+    ) -> tuple[torch.Tensor, ...]:
+        if not scores.requires_grad:
+            raise LayerError(
+                f"the target score does not depend on layer {layers[0]!r}: it was computed "
+                "without it (a detached output, or a layer off the path to the output)"
+            )
+        grads = torch.autograd.grad(scores.sum(), activations, allow_unused=True)
+        for name, grad in zip(layers, grads):
+            if grad is None:
+                raise LayerError(
+                    f"the target score does not depend on layer {name!r}; choose a layer on "
+                    "the path from the inputs to the scored output"
+                )
+        return grads
+
+    # -- helpers --------------------------------------------------------------------------
+
+    def _forward(self, x: torch.Tensor) -> Any:
+        try:
+            return self.model(x)
+        except (LayerError, TargetError, InputError):
+            raise
+        except (RuntimeError, ValueError, TypeError) as error:
+            raise InputError(
+                f"{type(self.model).__name__} failed on inputs of shape {tuple(x.shape)} and "
+                f"dtype {x.dtype}: {type(error).__name__}: {error}"
+            ) from error
+
+    @contextlib.contextmanager
+    def _evaluating(self) -> Iterator[None]:
+        if not self.eval_mode:
+            yield
+            return
+        modes = [(module, module.training) for module in self.model.modules()]
+        self.model.eval()
+        try:
+            yield
+        finally:
+            for module, training in modes:
+                module.training = training
+
+    def _reference(self) -> torch.Tensor | None:
+        return next(itertools.chain(self.model.parameters(), self.model.buffers()), None)
+
+    def _prepare(self, inputs: Any) -> torch.Tensor:
+        reference = self._reference()
+        if isinstance(inputs, np.ndarray):
+            if not np.issubdtype(inputs.dtype, np.floating):
+                raise InputError(
+                    f"inputs have dtype {inputs.dtype}; the model needs floating-point inputs, "
+                    "scaled and normalized as in training"
+                )
+            tensor = torch.from_numpy(np.ascontiguousarray(inputs))
+            if reference is not None:
+                tensor = tensor.to(reference.device, reference.dtype)
+            inputs = tensor
+        if not isinstance(inputs, torch.Tensor):
+            raise InputError(
+                f"inputs must be a torch.Tensor or a numpy array, got {type(inputs).__qualname__}"
+            )
+        if inputs.ndim != 4:
+            raise InputError(
+                f"inputs have shape {tuple(inputs.shape)}; expected a batch (N, C, H, W) — add a "
+                "batch axis with inputs[None] for a single image"
+            )
+        if not inputs.is_floating_point():
+            raise InputError(
+                f"inputs have dtype {inputs.dtype}; the model needs floating-point inputs, "
+                "scaled and normalized as in training (for example inputs.float() / 255)"
+            )
+        if reference is not None and inputs.device != reference.device:
+            raise InputError(
+                f"inputs are on {inputs.device} but the model is on {reference.device}; move "
+                f"them with inputs.to({str(reference.device)!r})"
+            )
+        if reference is not None and inputs.dtype != reference.dtype:
+            raise InputError(
+                f"inputs have dtype {inputs.dtype} but the model's parameters are "
+                f"{reference.dtype}; convert them with inputs.to({reference.dtype})"
+            )
+        return inputs
+
+    # -- the rest of the protocol ---------------------------------------------------------
+
+    def classifier_weights(self, classifier: object | None = None) -> torch.Tensor:
+        """The ``(K, C)`` weights of ``classifier``, or of the model's last ``nn.Linear``."""
+        modules = self._modules()
+        if classifier is None:
+            linears = [n for n, m in modules.items() if isinstance(m, torch.nn.Linear)]
+            if not linears:
+                raise LayerError(
+                    f"CAM needs a linear classifier but {type(self.model).__name__} has no "
+                    "torch.nn.Linear; pass classifier= the module holding the class weights"
+                )
+            classifier = linears[-1]
+        name = self.resolve_layer(classifier)
+        weight = getattr(modules[name], "weight", None)
+        if not isinstance(weight, torch.Tensor) or weight.ndim != 2:
+            raise LayerError(
+                f"classifier={name!r} has no (classes, features) weight matrix; pass the "
+                "model's final torch.nn.Linear"
+            )
+        return weight.detach().float()
+
+    def input_size(self, inputs: Any) -> tuple[int, int]:
+        return int(inputs.shape[-2]), int(inputs.shape[-1])
+
+    def to_numpy(self, array: torch.Tensor) -> np.ndarray:
+        array = array.detach()
+        if array.is_floating_point():
+            array = array.float()
+        return array.cpu().numpy()
+
+    def close(self) -> None:
+        self._expected_calls.clear()
