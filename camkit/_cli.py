@@ -1,0 +1,57 @@
+"""The ``camkit`` command line."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+
+from ._api import methods
+from ._errors import CamkitError
+
+__all__ = ["main"]
+
+
+def _demo(args: argparse.Namespace) -> int:
+    from ._demo import run_demo
+
+    result = run_demo(args.output, args.methods)
+    for p in result.predictions:
+        print(f"{p.photo:<10} top-1: {p.label} (ImageNet class {p.index}), p = {p.probability:.3f}")
+    print(f"wrote {len(args.methods or methods())} methods x {len(result.predictions)} photos to {result.path}")
+    return 0
+
+
+def _backends(args: argparse.Namespace) -> int:
+    from ._registry import backends
+
+    for info in backends():
+        state = "available" if info.available else "unavailable"
+        print(f"{info.name:<8} {state}{'' if info.error is None else ': ' + info.error}")
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="camkit", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True)
+    demo = commands.add_parser(
+        "demo", help="explain a pretrained EfficientNet-Lite0 on three photos (offline)"
+    )
+    demo.add_argument("--output", default="camkit-demo.png", help="PNG to write")
+    demo.add_argument(
+        "--methods", nargs="+", choices=list(methods()), metavar="METHOD",
+        help=f"methods to show (default: all of {', '.join(methods())})",
+    )  # fmt: skip
+    demo.set_defaults(run=_demo)
+    listing = commands.add_parser("backends", help="list the installed backends")
+    listing.set_defaults(run=_backends)
+    args = parser.parse_args(argv)
+    try:
+        return int(args.run(args))
+    except CamkitError as error:
+        print(f"camkit: error: {error}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
