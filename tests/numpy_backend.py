@@ -1,0 +1,120 @@
+"""A toy third-party backend written in numpy alone, for tests.
+
+``StaticModel`` holds fixed activations and gradients (for hand-computed method checks);
+``GapLinearModel`` is a real, tiny model: its input is the feature map, then global average
+pooling and a linear layer, with gradients derived by hand (``dS/dA = W[k] / HW``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+import camkit
+from camkit.targets import Target
+
+
+@dataclass
+class StaticModel:
+    activations: np.ndarray
+    gradients: np.ndarray
+    outputs: np.ndarray = field(default_factory=lambda: np.array([[0.0, 1.0, 0.0]], np.float32))
+    classifier: np.ndarray | None = None
+    #: more layers by name, each (activations, gradients); "features" is the pair above
+    extra_layers: dict[str, tuple[np.ndarray, np.ndarray]] = field(default_factory=dict)
+
+    def layer(self, name: str) -> tuple[np.ndarray, np.ndarray]:
+        if name == "features":
+            return self.activations, self.gradients
+        return self.extra_layers[name]
+
+
+@dataclass
+class GapLinearModel:
+    weights: np.ndarray  # (K, C)
+
+    def __call__(self, x: np.ndarray) -> np.ndarray:
+        return x.mean(axis=(2, 3)) @ self.weights.T
+
+
+class NumpyProvider:
+    name = "numpy"
+
+    def __init__(self, model: Any) -> None:
+        self.model = model
+        self.capabilities = frozenset({camkit.CLASSIFIER_WEIGHTS})
+        self.closed = False
+
+    def layer_names(self) -> list[str]:
+        return ["features", *getattr(self.model, "extra_layers", {})]
+
+    def resolve_layer(self, layer: object) -> str:
+        if layer not in self.layer_names():
+            raise camkit.LayerError(f"layer={layer!r} is unknown; use one of {self.layer_names()}")
+        return str(layer)
+
+    def default_layer(self, inputs: Any) -> str:
+        return "features"
+
+    def capture(
+        self, inputs: Any, layers: Sequence[str], target: Target, *, gradients: bool
+    ) -> camkit.Capture:
+        model = self.model
+        if isinstance(model, StaticModel):
+            pairs = [model.layer(name) for name in layers]
+            outputs = model.outputs
+            scored = target.resolve(outputs)
+            return camkit.Capture(
+                activations=tuple(a for a, _ in pairs),
+                gradients=tuple(g for _, g in pairs) if gradients else None,
+                outputs=outputs,
+                scores=scored.scores,
+                indices=scored.indices,
+            )
+        acts = np.asarray(inputs, dtype=np.float32)
+        outputs = model(acts)
+        scored = target.resolve(outputs)
+        height, width = acts.shape[2:]
+        grads = model.weights[scored.indices][:, :, None, None] / (height * width)
+        grads = np.broadcast_to(grads, acts.shape).astype(np.float32)
+        return camkit.Capture(
+            activations=(acts,),
+            gradients=(grads,) if gradients else None,
+            outputs=outputs,
+            scores=scored.scores,
+            indices=scored.indices,
+        )
+
+    def classifier_weights(self, classifier: object | None = None) -> np.ndarray:
+        weights = getattr(self.model, "classifier", None)
+        if weights is None:
+            weights = getattr(self.model, "weights", None)
+        return weights
+
+    def input_size(self, inputs: Any) -> tuple[int, int]:
+        return tuple(np.asarray(inputs).shape[-2:])  # type: ignore[return-value]
+
+    def to_numpy(self, array: Any) -> np.ndarray:
+        return np.asarray(array)
+
+    def close(self) -> None:
+        self.closed = True
+
+
+def is_numpy_model(model: Any) -> bool:
+    return isinstance(model, (StaticModel, GapLinearModel))
+
+
+@camkit.hookimpl
+def camkit_backends() -> list[camkit.Backend]:
+    return [
+        camkit.Backend(
+            name="numpy",
+            provider="numpy_backend:NumpyProvider",
+            can_handle=is_numpy_model,
+            priority=1,
+        )
+    ]
