@@ -253,7 +253,7 @@ def test_shared_module_is_captured_at_its_last_call(x):
 
     torch.manual_seed(0)
     model = Shared()
-    with camkit.GradCAM(model, normalize="none", size="layer") as method:
+    with camkit.GradCAM(model, **RAW) as method:
         first = method(x, target=1)
         second = method(x, target=1)  # now knows act runs twice: autograd starts at call 2
     assert method.layers == ("act",)
