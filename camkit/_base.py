@@ -118,12 +118,12 @@ class CamMethod(ABC):
             raise InputError(
                 f"size={size!r} is not valid; use 'input', 'layer' or (height, width)"
             )
-        self.provider: ActivationGradientProvider = provider_for(model, backend)
+        self.backend, self.provider = provider_for(model, backend)
         missing = self.requires - self.provider.capabilities
         if missing:
             raise CapabilityError(
                 f"method {self.name!r} needs the capability {sorted(missing)[0]!r}, which the "
-                f"{self.provider.name!r} backend does not provide for this model"
+                f"{self.backend!r} backend does not provide for this model"
             )
         self.relu = self.relu_by_default if relu is None else bool(relu)
         self.normalize = normalize
@@ -206,7 +206,7 @@ class CamMethod(ABC):
             scores=to_numpy(capture.scores).astype(np.float32),
             layers=tuple(self._layers or ()),
             method=self.name,
-            backend=self.provider.name,
+            backend=self.backend,
         )
 
     @abstractmethod
@@ -226,7 +226,7 @@ class CamMethod(ABC):
         self.close()
 
     def __repr__(self) -> str:
-        return f"{type(self).__name__}(layers={self._layers!r}, backend={self.provider.name!r})"
+        return f"{type(self).__name__}(layers={self._layers!r}, backend={self.backend!r})"
 
 
 class ChannelWeightedMethod(CamMethod):

@@ -48,8 +48,6 @@ class ActivationGradientProvider(Protocol):
     :func:`camkit.register_backend` or through the ``camkit`` entry-point group.
     """
 
-    #: The backend's registered name, reported in every :class:`camkit.Explanation`.
-    name: str
     #: Optional capabilities this provider offers, such as :data:`CLASSIFIER_WEIGHTS`.
     capabilities: frozenset[str]
 

@@ -239,8 +239,10 @@ def _qualname(model: object) -> str:
     return f"{kind.__module__}.{kind.__qualname__}"
 
 
-def provider_for(model: object, backend: str | None = None) -> ActivationGradientProvider:
-    """Build the provider of the backend that handles ``model`` (or of ``backend``, if given)."""
+def provider_for(
+    model: object, backend: str | None = None
+) -> tuple[str, ActivationGradientProvider]:
+    """The name and a new provider of the backend that handles ``model`` (or of ``backend``)."""
     chosen = _select(model, backend)
-    return _REGISTRY.factory(chosen)(model)
+    return chosen.name, _REGISTRY.factory(chosen)(model)
 

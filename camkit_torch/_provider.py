@@ -43,7 +43,6 @@ class TorchProvider:
             each capture and restore every submodule's own mode afterwards.
     """
 
-    name = "torch"
     capabilities = frozenset({CLASSIFIER_WEIGHTS})
 
     def __init__(self, model: Any, *, eval_mode: bool = True) -> None:

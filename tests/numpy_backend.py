@@ -41,8 +41,6 @@ class GapLinearModel:
 
 
 class NumpyProvider:
-    name = "numpy"
-
     def __init__(self, model: Any) -> None:
         self.model = model
         self.capabilities = frozenset({camkit.CLASSIFIER_WEIGHTS})
