@@ -78,12 +78,12 @@ def overlay(
         raise InputError(f"alpha={alpha!r} must lie in [0, 1]")
     if colormap not in COLORMAPS:
         raise InputError(f"colormap={colormap!r} is not known; use one of {COLORMAPS}")
+    low, high = float(np.min(heat)), float(np.max(heat))
+    if low < 0.0 or high > 1.0:  # by the map's own range, before resizing can miss its extremes
+        heat = (heat - low) / (high - low) if high > low else np.zeros_like(heat)
     height, width = picture.shape[:2]
     if heat.shape != (height, width):
         heat = cv2.resize(heat, (width, height), interpolation=cv2.INTER_LINEAR)
-    low, high = float(np.min(heat)), float(np.max(heat))
-    if low < 0.0 or high > 1.0:
-        heat = (heat - low) / (high - low) if high > low else np.zeros_like(heat)
     code = getattr(cv2, f"COLORMAP_{colormap.upper()}")
     colored = cv2.applyColorMap(np.round(heat * 255.0).astype(np.uint8), code)
     colored = cv2.cvtColor(colored, cv2.COLOR_BGR2RGB)
