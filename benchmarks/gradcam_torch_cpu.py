@@ -1,8 +1,9 @@
 """Grad-CAM cost on EfficientNet-Lite0, batch 16, 224 px, CPU: camkit vs torchcam vs captum.
 
 Every contender is timed side by side in one run, interleaved round by round so that drifts
-of the machine hit them alike (the order rotates every round); the table reports medians and the ratio to a plain inference
-forward pass. Run: ``python benchmarks/gradcam_torch_cpu.py [--rounds 15]``.
+of the machine hit them alike (the order rotates every round); the table reports medians
+and the ratio to the faster plain forward pass.
+Run: ``python benchmarks/gradcam_torch_cpu.py [--rounds 15]``.
 """
 
 from __future__ import annotations

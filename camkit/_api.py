@@ -84,7 +84,8 @@ def explain(
     """
     cls = _METHODS.get(method)
     if cls is None:
-        raise InputError(f"method={method!r} is not a camkit method; {closest_names(method, _METHODS)}")
+        known = closest_names(method, _METHODS)
+        raise InputError(f"method={method!r} is not a camkit method; {known}")
     valid = _option_names(cls) - {"backend", "size"}
     unknown = sorted(set(options) - valid)
     if unknown:

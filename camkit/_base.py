@@ -18,13 +18,13 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, ClassVar, Literal, Union
+from typing import Any, ClassVar, Literal
 
 import numpy as np
 
 from . import _ops
 from ._errors import CamkitError, CapabilityError, InputError
-from ._protocol import ActivationGradientProvider, Capture
+from ._protocol import Capture
 from ._registry import provider_for
 from ._targets import TargetLike, as_target
 
@@ -32,8 +32,8 @@ __all__ = ["CamMethod", "ChannelWeightedMethod", "Explanation", "Normalize", "Ou
 
 Array = Any
 Normalize = Literal["minmax", "none"]
-OutputSize = Union[Literal["input", "layer"], tuple[int, int]]
-LayerLike = Union[str, object]
+OutputSize = Literal["input", "layer"] | tuple[int, int]
+LayerLike = str | object
 
 
 @dataclass(frozen=True, repr=False)
@@ -135,8 +135,8 @@ class CamMethod(ABC):
         self._closed = False
 
     def _resolve(self, layer: LayerLike | Sequence[LayerLike]) -> tuple[str, ...]:
-        many = isinstance(layer, (list, tuple))
-        layers = tuple(self.provider.resolve_layer(item) for item in (layer if many else [layer]))
+        items = list(layer) if isinstance(layer, (list, tuple)) else [layer]
+        layers = tuple(self.provider.resolve_layer(item) for item in items)
         if not layers:
             raise InputError("layer=[] names no layer; pass None to pick one automatically")
         return layers
@@ -158,7 +158,7 @@ class CamMethod(ABC):
         )
         gradients = capture.gradients or (None,) * len(capture.activations)
         maps = []
-        for activations, layer_gradients in zip(capture.activations, gradients):
+        for activations, layer_gradients in zip(capture.activations, gradients, strict=True):
             activations = self._as_grid(activations)
             if layer_gradients is not None:
                 layer_gradients = self._as_grid(layer_gradients)
@@ -184,8 +184,10 @@ class CamMethod(ABC):
         if self.size == "input":
             return self.provider.input_size(inputs)
         if self.size == "layer":
-            return max((tuple(m.shape[1:]) for m in maps), key=lambda hw: hw[0] * hw[1])
-        return tuple(self.size)  # type: ignore[arg-type]
+            sizes = [(int(m.shape[1]), int(m.shape[2])) for m in maps]
+            return max(sizes, key=lambda hw: hw[0] * hw[1])
+        height, width = self.size  # type: ignore[misc]
+        return int(height), int(width)
 
     def _finish(self, layer_map: Array, size: tuple[int, int]) -> Array:
         if self.relu:

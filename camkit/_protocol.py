@@ -15,7 +15,7 @@ import numpy as np
 
 from ._targets import Target
 
-__all__ = ["ActivationGradientProvider", "Capture", "CLASSIFIER_WEIGHTS"]
+__all__ = ["CLASSIFIER_WEIGHTS", "ActivationGradientProvider", "Capture"]
 
 Array = Any
 

@@ -30,9 +30,9 @@ from ._errors import BackendError, closest_names
 from ._protocol import ActivationGradientProvider
 
 __all__ = [
+    "ENTRY_POINT_GROUP",
     "Backend",
     "BackendInfo",
-    "ENTRY_POINT_GROUP",
     "backends",
     "hookimpl",
     "provider_for",
@@ -109,7 +109,7 @@ class _Registry:
                     self._fail(entry_point.name, error)
             for implementation in manager.hook.camkit_backends.get_hookimpls():
                 try:
-                    records = implementation.function()
+                    records: Any = implementation.function()
                 except Exception as error:
                     self._fail(implementation.plugin_name, error)
                 else:

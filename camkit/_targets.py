@@ -13,7 +13,7 @@ import numbers
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, Union
+from typing import Any
 
 from array_api_compat import array_namespace, device
 
@@ -74,7 +74,10 @@ def _class_indices(index: int | Sequence[int] | None, outputs: Array, argument: 
     n, count = outputs.shape
     if index is None:
         return xp.argmax(outputs, axis=1)
-    chosen = [index] * n if isinstance(index, numbers.Integral) else [int(i) for i in index]
+    if isinstance(index, numbers.Integral):
+        chosen = [int(index)] * n
+    else:
+        chosen = [int(i) for i in index]  # type: ignore[union-attr]
     if len(chosen) != n:
         raise TargetError(
             f"{argument} has {len(chosen)} indices for a batch of {n} samples; give one index "
@@ -201,7 +204,7 @@ class CallableTarget(Target):
         return ScoredTarget(scores, None)
 
 
-TargetLike = Union[Target, int, Sequence[int], Callable[[Any], Any], None]
+TargetLike = Target | int | Sequence[int] | Callable[[Any], Any] | None
 
 
 def as_target(target: TargetLike) -> Target:
@@ -213,7 +216,8 @@ def as_target(target: TargetLike) -> Target:
     if callable(target):
         return CallableTarget(target)
     if isinstance(target, Sequence) or hasattr(target, "__array__"):
-        values = [i for i in (target.tolist() if hasattr(target, "tolist") else target)]
+        items: Any = target.tolist() if hasattr(target, "tolist") else target
+        values = list(items)
         if all(isinstance(i, numbers.Integral) for i in values):
             return ClassTarget([int(i) for i in values])
     raise InputError(

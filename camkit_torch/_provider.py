@@ -166,7 +166,8 @@ class TorchProvider:
                 scored = target.resolve(outputs)
                 missing = [name for name in layers if name not in captured]
                 if missing:
-                    return self._recount(missing, calls)
+                    self._recount(missing, calls)
+                    return None
                 activations = [captured[name] for name in layers]
                 layer_gradients = (
                     self._gradients(scored.scores, activations, layers) if gradients else None
@@ -177,7 +178,9 @@ class TorchProvider:
                 handle.remove()
         return Capture(
             activations=tuple(a.detach().float() for a in activations),
-            gradients=None if layer_gradients is None else tuple(g.float() for g in layer_gradients),
+            gradients=(
+                None if layer_gradients is None else tuple(g.float() for g in layer_gradients)
+            ),
             outputs=outputs.detach() if isinstance(outputs, torch.Tensor) else outputs,
             scores=scored.scores.detach(),
             indices=scored.indices,
@@ -210,7 +213,7 @@ class TorchProvider:
                 "without it (a detached output, or a layer off the path to the output)"
             )
         grads = torch.autograd.grad(scores.sum(), activations, allow_unused=True)
-        for name, grad in zip(layers, grads):
+        for name, grad in zip(layers, grads, strict=True):
             if grad is None:
                 raise LayerError(
                     f"the target score does not depend on layer {name!r}; choose a layer on "

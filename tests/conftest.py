@@ -7,8 +7,8 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))  # the toy numpy backend module
 
-import camkit  # noqa: E402
-from camkit import _registry  # noqa: E402
+import camkit
+from camkit import _registry
 
 
 @pytest.fixture

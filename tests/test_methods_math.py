@@ -117,7 +117,13 @@ def test_eigencam_sign_is_fixed_by_the_sum(numpy_backend):
 
 @pytest.mark.parametrize(
     ("method", "relu"),
-    [("gradcam", True), ("hirescam", True), ("layercam", True), ("cam", False), ("eigencam", False)],
+    [
+        ("gradcam", True),
+        ("hirescam", True),
+        ("layercam", True),
+        ("cam", False),
+        ("eigencam", False),
+    ],
 )
 def test_relu_default_follows_the_paper(numpy_backend, method, relu):
     model = numpy_backend.StaticModel(A, G, classifier=np.eye(3, 2, dtype=np.float32))

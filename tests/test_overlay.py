@@ -27,7 +27,7 @@ def test_alpha_one_is_the_colormap_and_hot_spots_are_red():
     cam = np.zeros((20, 30), np.float32)
     cam[5, 7] = 1.0
     out = camkit.overlay(IMAGE, cam, alpha=1.0, colormap="jet")
-    red, green, blue = (int(v) for v in out[5, 7])
+    red, _, blue = (int(v) for v in out[5, 7])
     assert red > 100 and blue < 50  # jet's top is dark red
     assert int(out[0, 0, 2]) > int(out[0, 0, 0])  # jet's bottom is blue
 

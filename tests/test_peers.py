@@ -13,10 +13,10 @@ import pytest
 torch = pytest.importorskip("torch")
 torchcam_methods = pytest.importorskip("torchcam.methods")
 
+from test_torch import SmallCNN  # noqa: E402
+
 import camkit  # noqa: E402
 from camkit import _ops  # noqa: E402
-
-from test_torch import SmallCNN  # noqa: E402
 
 TARGETS = [0, 3, 1, 4]
 

@@ -121,10 +121,10 @@ def test_explicit_backend_wins_and_ties_are_errors(numpy_backend):
     assert camkit.explain(model, x, backend="numpy-twin").backend == "numpy-twin"
     with pytest.raises(camkit.BackendError, match="already registered"):
         camkit.register_backend(twin)
-    camkit.register_backend(
-        camkit.Backend("numpy-twin", numpy_backend.NumpyProvider, numpy_backend.is_numpy_model, priority=5),
-        replace=True,
-    )  # fmt: skip
+    preferred = camkit.Backend(
+        "numpy-twin", numpy_backend.NumpyProvider, numpy_backend.is_numpy_model, priority=5
+    )
+    camkit.register_backend(preferred, replace=True)
     assert camkit.explain(model, x).backend == "numpy-twin"
 
 
