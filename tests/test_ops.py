@@ -118,22 +118,22 @@ def _all_ops(xp_asarray):
     }
 
 
-def test_same_numbers_on_torch_tensors():
-    torch = pytest.importorskip("torch")
+def assert_same_numbers_as_numpy(asarray, array_type) -> None:
+    """Run every op on numpy and on ``asarray``'s namespace with the same data; compare."""
     state = rng.bit_generator.state
     reference = _all_ops(np.asarray)
     rng.bit_generator.state = state
-    on_torch = _all_ops(torch.from_numpy)
+    other = _all_ops(asarray)
     for name, value in reference.items():
-        assert isinstance(on_torch[name], torch.Tensor), name
-        np.testing.assert_allclose(on_torch[name].numpy(), value, atol=1e-5, err_msg=name)
+        assert isinstance(other[name], array_type), name
+        np.testing.assert_allclose(np.asarray(other[name]), value, atol=1e-5, err_msg=name)
+
+
+def test_same_numbers_on_torch_tensors():
+    torch = pytest.importorskip("torch")
+    assert_same_numbers_as_numpy(torch.from_numpy, torch.Tensor)
 
 
 def test_only_array_api_standard_calls():
     strict = pytest.importorskip("array_api_strict")
-    state = rng.bit_generator.state
-    reference = _all_ops(np.asarray)
-    rng.bit_generator.state = state
-    on_strict = _all_ops(strict.asarray)
-    for name, value in reference.items():
-        np.testing.assert_allclose(np.asarray(on_strict[name]), value, atol=1e-5, err_msg=name)
+    assert_same_numbers_as_numpy(strict.asarray, strict._array_object.Array)
