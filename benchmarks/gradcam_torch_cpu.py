@@ -53,7 +53,7 @@ def contenders(model: torch.nn.Module, x: torch.Tensor) -> dict[str, Callable[[]
         "forward (no_grad)": forward_no_grad,
         f"camkit GradCAM ({LAYER})": lambda: method(x),
         "camkit GradCAM (layer=None: _swish)": lambda: automatic(x),
-        "camkit.explain one call": lambda: camkit.explain(model, x, layer=LAYER),
+        "camkit.explain (one call, layer=None)": lambda: camkit.explain(model, x),
         "torchcam GradCAM": torchcam_gradcam,
         "captum LayerGradCam (+ top-1 forward)": captum_gradcam,
     }

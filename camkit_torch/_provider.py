@@ -11,8 +11,11 @@ How a capture runs, and why:
 - Gradients come from ``torch.autograd.grad(sum_n S[n], A)``: with respect to the captured
   activations only, never ``backward()`` into the parameters, whose ``.grad`` stays untouched.
 - A module called several times per forward (a shared activation module) is captured at its
-  last call. The provider remembers each module's call count, so from the second capture on
+  last call. Each module's call count is remembered per model, so from the second capture on
   the earlier calls run untouched and autograd starts at the last one.
+- What a probe forward learns (the automatic layer per input shape, call counts) is kept per
+  model in a weak-keyed table, so one-call ``camkit.explain`` pays for the probe only once and
+  no model is kept alive by camkit.
 - Hooks, train/eval flags and the grad mode are restored on every exit path.
 """
 
@@ -20,6 +23,7 @@ from __future__ import annotations
 
 import contextlib
 import itertools
+import weakref
 from collections import Counter
 from collections.abc import Iterator, Sequence
 from typing import Any
@@ -32,6 +36,17 @@ from camkit._errors import closest_names
 from camkit.targets import CallableTarget, Target
 
 __all__ = ["TorchProvider"]
+
+
+class _ModelFacts:
+    """What camkit learned about one model from its forward passes."""
+
+    def __init__(self) -> None:
+        self.calls: dict[str, int] = {}  # module name -> calls per forward
+        self.default_layers: dict[tuple[int, ...], str] = {}  # input shape -> automatic layer
+
+
+_FACTS: weakref.WeakKeyDictionary[torch.nn.Module, _ModelFacts] = weakref.WeakKeyDictionary()
 
 
 class TorchProvider:
@@ -52,7 +67,7 @@ class TorchProvider:
             )
         self.model = model
         self.eval_mode = eval_mode
-        self._expected_calls: dict[str, int] = {}
+        self._facts = _FACTS.setdefault(model, _ModelFacts())
 
     # -- layers ---------------------------------------------------------------------------
 
@@ -87,6 +102,9 @@ class TorchProvider:
 
     def default_layer(self, inputs: Any) -> str:
         x = self._prepare(inputs)
+        known = self._facts.default_layers.get(tuple(x.shape))
+        if known is not None:
+            return known
         modules = self._modules()
         calls: list[tuple[str, tuple[int, ...]]] = []
 
@@ -104,9 +122,10 @@ class TorchProvider:
         finally:
             for handle in handles:
                 handle.remove()
-        self._expected_calls.update(Counter(name for name, _ in calls))
+        self._facts.calls.update(Counter(name for name, _ in calls))
         for name, shape in reversed(calls):
             if len(shape) == 4 and shape[2] * shape[3] > 1:
+                self._facts.default_layers[tuple(x.shape)] = name
                 return name
         raise LayerError(
             f"no submodule of {type(self.model).__name__} outputs a spatial map (N, C, H, W) "
@@ -130,7 +149,7 @@ class TorchProvider:
         self, x: torch.Tensor, layers: Sequence[str], target: Target, gradients: bool
     ) -> Capture | None:
         modules = self._modules()
-        expected = {name: self._expected_calls.get(name, 1) for name in layers}
+        expected = {name: self._facts.calls.get(name, 1) for name in layers}
         calls: Counter[str] = Counter()
         captured: dict[str, torch.Tensor] = {}
 
@@ -194,7 +213,7 @@ class TorchProvider:
                 f"{type(self.model).__name__}; choose a layer that the forward pass uses"
             )
         for name in missing:
-            self._expected_calls[name] = calls[name]
+            self._facts.calls[name] = calls[name]
 
     @staticmethod
     def _check_outputs(outputs: Any, target: Target) -> None:
@@ -320,4 +339,5 @@ class TorchProvider:
         return array.cpu().numpy()
 
     def close(self) -> None:
-        self._expected_calls.clear()
+        """Nothing to release: hooks live only during a capture, and the per-model facts are
+        weakly keyed, gone with the model."""

@@ -322,3 +322,26 @@ def test_cuda_tensors_stay_on_the_device(model, x):
     got = method(x)
     expected = camkit.explain(model.cpu(), x.cpu(), layer="conv2").cams
     np.testing.assert_allclose(got.cams, expected, atol=1e-4)
+
+
+def test_one_call_explain_probes_the_automatic_layer_once(model, x):
+    forwards = []
+    handle = model.register_forward_hook(lambda *args: forwards.append(1))
+    try:
+        for _ in range(3):
+            camkit.explain(model, x)
+    finally:
+        handle.remove()
+    assert len(forwards) == 1 + 3  # one probe, then one capture per call
+
+
+def test_camkit_keeps_no_model_alive(x):
+    import gc
+    import weakref
+
+    model = SmallCNN()
+    camkit.explain(model, x)
+    alive = weakref.ref(model)
+    del model
+    gc.collect()
+    assert alive() is None
