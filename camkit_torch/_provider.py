@@ -31,7 +31,14 @@ from typing import Any
 import numpy as np
 import torch
 
-from camkit import CLASSIFIER_WEIGHTS, Capture, InputError, LayerError, TargetError
+from camkit import (
+    CLASSIFIER_WEIGHTS,
+    BackendError,
+    Capture,
+    InputError,
+    LayerError,
+    TargetError,
+)
 from camkit._errors import closest_names
 from camkit.targets import CallableTarget, Target
 
@@ -64,6 +71,12 @@ class TorchProvider:
         if not isinstance(model, torch.nn.Module):
             raise InputError(
                 f"the torch backend needs a torch.nn.Module, got {type(model).__qualname__}"
+            )
+        if type(model).__module__.split(".")[0] in ("keras", "tf_keras"):
+            raise BackendError(
+                "this is a Keras model on the torch Keras backend; camkit explains Keras models "
+                "through TensorFlow: pip install 'camkit[tf]' and set KERAS_BACKEND=tensorflow "
+                "before importing keras"
             )
         self.model = model
         self.eval_mode = eval_mode

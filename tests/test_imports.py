@@ -26,6 +26,7 @@ def imported_after(statement: str) -> list[str]:
         "import camkit",
         "import camkit; camkit.backends(); camkit.methods()",
         "import camkit_torch",
+        "import camkit_tf",
         "import camkit, camkit.targets; camkit.explain.__doc__",
     ],
 )

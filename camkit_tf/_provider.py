@@ -1,0 +1,427 @@
+"""The Keras provider: activations and ``dS/dA`` from a Keras model on TensorFlow.
+
+How a capture runs, and why:
+
+- No functional sub-model is built (that is what fails on nested and subclassed models with
+  "Graph disconnected"). Instead the capture is a ``tf.function`` in which, while it is being
+  traced, each chosen layer's ``call`` is shadowed by a wrapper that records its output and
+  ``tape.watch``-es it. The wrapper is removed as soon as the trace ends: the compiled graph
+  keeps the capture, the model keeps nothing.
+- The compiled capture is cached per layers, target kind and gradient need; TensorFlow reuses
+  it for inputs of the same shape (``traces`` counts traces, for tests).
+- Gradients come from ``GradientTape.gradient(sum_n S[n], A)`` with respect to the watched
+  layer outputs only; the tape watches no variables.
+- Keras is channels-last: activations ``(N, H, W, C)`` are handed to the core as
+  ``(N, C, H, W)`` numpy arrays (TensorFlow has no Array API namespace), so every method is the
+  same code as for PyTorch.
+- A model whose last layer applies a softmax is explained on its logits: while tracing, that
+  layer's softmax is left out. Where the softmax is out of reach and the outputs look like
+  probabilities, a warning says so.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import warnings
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import tensorflow as tf
+
+from camkit import CLASSIFIER_WEIGHTS, Capture, InputError, LayerError
+from camkit._errors import BackendError, CamkitError, closest_names
+from camkit.targets import (
+    CallableTarget,
+    ClassTarget,
+    RegressionTarget,
+    SegmentationTarget,
+    SoftmaxTarget,
+    Target,
+)
+
+__all__ = ["KerasProvider"]
+
+
+def _keras_module(model: Any) -> Any:
+    import importlib
+
+    root = type(model).__module__.split(".")[0]
+    return importlib.import_module("tf_keras" if root == "tf_keras" else "keras")
+
+
+@contextlib.contextmanager
+def _shadow_calls(layers: Mapping[str, Any], wrap: Callable[[str, Any], Any]) -> Iterator[None]:
+    """Shadow each layer's ``call`` with ``wrap(path, call)`` and always restore it.
+
+    ``object.__setattr__`` bypasses Keras' attribute tracking, so nothing is tracked and the
+    instance dictionary is left exactly as it was.
+    """
+    shadowed: list[tuple[Any, bool, Any]] = []
+    try:
+        for path, layer in layers.items():
+            own = "call" in vars(layer)
+            original = layer.call
+            object.__setattr__(layer, "call", wrap(path, original))
+            shadowed.append((layer, own, original))
+        yield
+    finally:
+        for layer, own, original in reversed(shadowed):
+            if own:
+                object.__setattr__(layer, "call", original)
+            else:
+                object.__delattr__(layer, "call")
+
+
+@dataclass(frozen=True)
+class _TargetPlan:
+    """How a framework-neutral target is scored in TensorFlow: a cache key and its inputs."""
+
+    key: tuple[Any, ...]
+    indices: np.ndarray  # (N,) int32, -1 for "top-1"
+    mask: np.ndarray  # float32, () when unused
+
+
+def _plan(target: Target, count: int) -> _TargetPlan:
+    no_mask = np.ones((), np.float32)
+    if isinstance(target, (ClassTarget, SoftmaxTarget)):
+        index = target.index
+        if index is None:
+            indices = np.full((count,), -1, np.int32)
+        elif isinstance(index, (int, np.integer)):
+            indices = np.full((count,), int(index), np.int32)
+        else:
+            chosen = [int(i) for i in index]
+            # a wrong count is reported after the run by the target's own validation
+            indices = np.asarray(chosen if len(chosen) == count else [-1] * count, np.int32)
+        kind = "class" if isinstance(target, ClassTarget) else "softmax"
+        return _TargetPlan((kind,), indices, no_mask)
+    if isinstance(target, RegressionTarget):
+        return _TargetPlan(("regression", target.output), np.zeros((count,), np.int32), no_mask)
+    if isinstance(target, SegmentationTarget):
+        mask = no_mask if target.mask is None else np.asarray(target.mask, np.float32)
+        key = ("segmentation", target.class_index, mask.ndim)
+        return _TargetPlan(key, np.zeros((count,), np.int32), mask)
+    if isinstance(target, CallableTarget):
+        return _TargetPlan(("callable", target.fn), np.zeros((count,), np.int32), no_mask)
+    raise InputError(
+        f"target={target!r} cannot be scored by the tf backend; pass one of camkit.targets' "
+        "classes or a callable written in TensorFlow"
+    )
+
+
+def _score(key: tuple[Any, ...], outputs: Any, indices: Any, mask: Any) -> tuple[Any, Any]:
+    """In-graph scores ``(N,)`` float32 and output indices ``(N,)`` int32 for a target key."""
+    kind = key[0]
+    if kind == "callable":
+        scores = tf.cast(key[1](outputs), tf.float32)
+        return scores, tf.fill(tf.shape(scores), -1)
+    outputs = tf.cast(outputs, tf.float32)
+    if kind in ("class", "softmax"):
+        top = tf.argmax(outputs, axis=-1, output_type=tf.int32)
+        chosen = tf.where(indices >= 0, indices, top)
+        chosen = tf.clip_by_value(chosen, 0, tf.shape(outputs)[-1] - 1)  # validated after
+        values = tf.nn.softmax(outputs, axis=-1) if kind == "softmax" else outputs
+        return tf.gather(values, chosen, batch_dims=1), chosen
+    if kind == "regression":
+        output = key[1]
+        if outputs.shape.rank == 1:
+            scores = outputs
+        else:
+            scores = outputs[:, min(output, outputs.shape[-1] - 1)]
+        return scores, tf.fill(tf.shape(scores), output)
+    class_index = key[1]  # segmentation, channels-last outputs (N, H, W, K)
+    plane = outputs[..., min(class_index, outputs.shape[-1] - 1)] * mask
+    scores = tf.reduce_sum(plane, axis=(1, 2))
+    return scores, tf.fill(tf.shape(scores), class_index)
+
+
+def _channels_first(array: np.ndarray) -> np.ndarray:
+    return np.ascontiguousarray(np.moveaxis(array, -1, 1)) if array.ndim == 4 else array
+
+
+class KerasProvider:
+    """Captures activations and gradients of a Keras model running on TensorFlow."""
+
+    capabilities = frozenset({CLASSIFIER_WEIGHTS})
+
+    def __init__(self, model: Any) -> None:
+        keras = _keras_module(model)
+        if not isinstance(model, keras.layers.Layer):
+            raise InputError(f"the tf backend needs a Keras model, got {type(model).__qualname__}")
+        backend = keras.backend.backend() if hasattr(keras.backend, "backend") else "tensorflow"
+        if backend != "tensorflow":
+            raise BackendError(
+                f"this Keras model runs on the {backend!r} Keras backend; camkit explains Keras "
+                "models through TensorFlow: set KERAS_BACKEND=tensorflow before importing "
+                f"keras (or explain a native {backend} model with camkit's {backend} backend)"
+            )
+        self.keras = keras
+        self.model = model
+        self.traces = 0
+        self._compiled: dict[tuple[Any, ...], Any] = {}
+        self._default_layers: dict[tuple[int, ...], str] = {}
+
+    # -- layers ---------------------------------------------------------------------------
+
+    def _layers(self) -> dict[str, Any]:
+        found: dict[str, Any] = {}
+        input_layer = self.keras.layers.InputLayer
+
+        def walk(layer: Any, prefix: str) -> None:
+            for child in layer._flatten_layers(include_self=False, recursive=False):
+                if isinstance(child, input_layer):
+                    continue
+                path = prefix + child.name
+                found.setdefault(path, child)
+                walk(child, path + "/")
+
+        walk(self.model, "")
+        return found
+
+    def layer_names(self) -> list[str]:
+        return list(self._layers())
+
+    def resolve_layer(self, layer: object) -> str:
+        layers = self._layers()
+        if isinstance(layer, str):
+            if layer in layers:
+                return layer
+            matches = [path for path in layers if path.rsplit("/", 1)[-1] == layer]
+            if len(matches) == 1:
+                return matches[0]
+            if matches:
+                raise LayerError(f"layer={layer!r} is ambiguous; use one of the paths {matches}")
+            raise LayerError(
+                f"layer={layer!r} is not a layer of {self.model.name!r}; nested layers are named "
+                f"by path ('backbone/conv5_block3_out'); {closest_names(layer, layers)}"
+            )
+        if isinstance(layer, self.keras.layers.Layer):
+            for path, candidate in layers.items():
+                if candidate is layer:
+                    return path
+            raise LayerError(f"layer {layer.name!r} is not a layer of {self.model.name!r}")
+        raise LayerError(
+            f"layer={layer!r} is neither a name nor a Keras layer; pass a name such as "
+            "'conv5_block3_out', a path such as 'backbone/conv5_block3_out', or the layer"
+        )
+
+    def default_layer(self, inputs: Any) -> str:
+        x = self._prepare(inputs)
+        known = self._default_layers.get(tuple(x.shape))
+        if known is not None:
+            return known
+        calls: list[tuple[str, tuple[int, ...]]] = []
+
+        def record(path: str, call: Callable[..., Any]) -> Callable[..., Any]:
+            def recording_call(*args: Any, **kwargs: Any) -> Any:
+                output = call(*args, **kwargs)
+                if tf.is_tensor(output):
+                    calls.append((path, tuple(output.shape)))
+                return output
+
+            return recording_call
+
+        with _shadow_calls(self._layers(), record):
+            self._forward(lambda: self.model(x, training=False), x)
+        for path, shape in reversed(calls):
+            if len(shape) == 4 and shape[1] * shape[2] > 1:
+                self._default_layers[tuple(x.shape)] = path
+                return path
+        raise LayerError(
+            f"no layer of {self.model.name!r} outputs a spatial map (N, H, W, C) for inputs of "
+            f"shape {tuple(x.shape)}; pass layer= (for a vision transformer, a block whose "
+            "output is (N, tokens, C), with grid=(h, w) if it is not square)"
+        )
+
+    # -- capture --------------------------------------------------------------------------
+
+    def capture(
+        self, inputs: Any, layers: Sequence[str], target: Target, *, gradients: bool
+    ) -> Capture:
+        x = self._prepare(inputs)
+        plan = _plan(target, int(x.shape[0]))
+        key = (tuple(layers), plan.key, gradients)
+        if key not in self._compiled:
+            self._compiled[key] = self._build(tuple(layers), plan.key, gradients)
+        compiled = self._compiled[key]
+        activations, layer_gradients, outputs, scores, indices, softmax_reached = self._forward(
+            lambda: compiled(x, tf.constant(plan.indices), tf.constant(plan.mask)), x
+        )
+        host_outputs = outputs.numpy()
+        self._validate(target, host_outputs)
+        if plan.key[0] == "class" and not bool(softmax_reached):
+            self._warn_if_probabilities(host_outputs)
+        return Capture(
+            activations=tuple(_channels_first(a.numpy().astype(np.float32)) for a in activations),
+            gradients=(
+                tuple(_channels_first(g.numpy().astype(np.float32)) for g in layer_gradients)
+                if gradients
+                else None
+            ),
+            outputs=host_outputs,
+            scores=scores.numpy(),
+            indices=None if plan.key[0] == "callable" else indices.numpy().astype(np.int64),
+        )
+
+    def _build(self, layers: tuple[str, ...], target_key: tuple[Any, ...], gradients: bool) -> Any:
+        model = self.model
+        chosen = {path: self._layers()[path] for path in layers}
+        final = self._final_softmax_layer()
+
+        def capture(x: Any, indices: Any, mask: Any) -> Any:
+            self.traces += 1  # Python runs only while TensorFlow traces
+            recorded: dict[str, Any] = {}
+
+            def watch(path: str, call: Callable[..., Any]) -> Callable[..., Any]:
+                def watching_call(*args: Any, **kwargs: Any) -> Any:
+                    output = call(*args, **kwargs)
+                    if not tf.is_tensor(output):
+                        raise LayerError(
+                            f"layer {path!r} returns {type(output).__name__}, not a tensor; "
+                            "choose a layer with a single tensor output"
+                        )
+                    tape.watch(output)
+                    recorded[path] = output  # a layer called several times: its last call
+                    return output
+
+                return watching_call
+
+            with tf.GradientTape(watch_accessed_variables=False) as tape:
+                with _shadow_calls(chosen, watch), self._logits_of(final):
+                    outputs = model(x, training=False)
+                scores, chosen_indices = _score(target_key, outputs, indices, mask)
+                total = tf.reduce_sum(scores)
+            missing = [path for path in layers if path not in recorded]
+            if missing:
+                raise LayerError(
+                    f"layer {missing[0]!r} was not called during the forward pass; choose a "
+                    "layer that the model uses"
+                )
+            activations = [recorded[path] for path in layers]
+            grads = tape.gradient(total, activations) if gradients else []
+            if any(g is None for g in grads):
+                raise LayerError(
+                    f"the target score does not depend on layer {layers[0]!r}; choose a layer "
+                    "on the path from the inputs to the scored output"
+                )
+            return activations, grads, outputs, scores, chosen_indices, final is not None
+
+        return tf.function(capture)
+
+    def _final_softmax_layer(self) -> Any | None:
+        """The model's last layer if it applies a softmax that can be left out, else None."""
+        layers = getattr(self.model, "layers", None)
+        if not layers:
+            return None
+        last = layers[-1]
+        softmax_layer = getattr(self.keras.layers, "Softmax", ())
+        activation = getattr(last, "activation", None)
+        if isinstance(last, softmax_layer) or getattr(activation, "__name__", "") == "softmax":
+            return last
+        return None
+
+    @contextlib.contextmanager
+    def _logits_of(self, layer: Any | None) -> Iterator[None]:
+        """While tracing, make the final softmax layer return its logits."""
+        if layer is None:
+            yield
+            return
+        if isinstance(layer, getattr(self.keras.layers, "Softmax", ())) or (
+            type(layer).__name__ == "Activation"
+        ):
+
+            def identity(path: str, call: Callable[..., Any]) -> Callable[..., Any]:
+                return lambda inputs, *args, **kwargs: inputs
+
+            with _shadow_calls({"softmax": layer}, identity):
+                yield
+            return
+        activation = layer.activation
+        object.__setattr__(layer, "activation", self.keras.activations.linear)
+        try:
+            yield
+        finally:
+            object.__setattr__(layer, "activation", activation)
+
+    @staticmethod
+    def _validate(target: Target, outputs: np.ndarray) -> None:
+        """Range and count checks with the framework-neutral targets' own messages."""
+        if isinstance(target, CallableTarget):
+            return
+        if isinstance(target, SegmentationTarget):
+            outputs = _channels_first(outputs)
+        target.resolve(outputs)
+
+    @staticmethod
+    def _warn_if_probabilities(outputs: np.ndarray) -> None:
+        if outputs.ndim == 2 and outputs.shape[1] > 1 and outputs.min() >= 0:
+            if np.allclose(outputs.sum(axis=1), 1.0, atol=1e-3):
+                warnings.warn(
+                    "the model's outputs look like softmax probabilities and camkit could not "
+                    "reach the logits (the softmax is not the model's last layer); gradients "
+                    "of probabilities saturate, so return logits from the model, or pass "
+                    "target=camkit.targets.SoftmaxTarget(...) to explain the probability",
+                    UserWarning,
+                    stacklevel=4,
+                )
+
+    # -- helpers --------------------------------------------------------------------------
+
+    def _forward(self, run: Callable[[], Any], x: Any) -> Any:
+        try:
+            return run()
+        except CamkitError:
+            raise
+        except (ValueError, TypeError, tf.errors.OpError) as error:
+            raise InputError(
+                f"{self.model.name!r} failed on inputs of shape {tuple(x.shape)} and dtype "
+                f"{x.dtype.name}: {type(error).__name__}: {error}"
+            ) from error
+
+    def _prepare(self, inputs: Any) -> Any:
+        if isinstance(inputs, np.ndarray) or tf.is_tensor(inputs):
+            dtype = tf.as_dtype(inputs.dtype)
+            if not dtype.is_floating:
+                raise InputError(
+                    f"inputs have dtype {dtype.name}; the model needs floating-point inputs, "
+                    "scaled as in training"
+                )
+            if len(inputs.shape) != 4:
+                raise InputError(
+                    f"inputs have shape {tuple(inputs.shape)}; expected a channels-last batch "
+                    "(N, H, W, C) — add a batch axis with inputs[None] for a single image"
+                )
+            return tf.convert_to_tensor(inputs, dtype=tf.float32)
+        raise InputError(
+            f"inputs must be a numpy array or a tf.Tensor, got {type(inputs).__qualname__}"
+        )
+
+    # -- the rest of the protocol ---------------------------------------------------------
+
+    def classifier_weights(self, classifier: object | None = None) -> np.ndarray:
+        """The ``(K, C)`` kernel of ``classifier``, or of the model's last Dense layer."""
+        layers = self._layers()
+        if classifier is None:
+            dense = [p for p, layer in layers.items() if isinstance(layer, self.keras.layers.Dense)]
+            if not dense:
+                raise LayerError(
+                    f"CAM needs a Dense classifier but {self.model.name!r} has none; pass "
+                    "classifier= the layer holding the class weights"
+                )
+            classifier = dense[-1]
+        path = self.resolve_layer(classifier)
+        kernel = getattr(layers[path], "kernel", None)
+        if kernel is None or len(kernel.shape) != 2:
+            raise LayerError(f"classifier={path!r} has no (features, classes) kernel")
+        return np.asarray(kernel, dtype=np.float32).T.copy()
+
+    def input_size(self, inputs: Any) -> tuple[int, int]:
+        return int(inputs.shape[1]), int(inputs.shape[2])
+
+    def to_numpy(self, array: Any) -> np.ndarray:
+        return np.asarray(array)
+
+    def close(self) -> None:
+        self._compiled.clear()
