@@ -1,19 +1,17 @@
 """Grad-CAM cost on EfficientNet-Lite0, batch 16, 224 px, CPU: camkit vs torchcam vs captum.
 
-Every contender is timed side by side in one run, interleaved round by round so that drifts
-of the machine hit them alike (the order rotates every round); the table reports medians
-and the ratio to the faster plain forward pass.
+Every contender is timed side by side in one run (``_timing.side_by_side``); the table reports
+medians and the ratio to the faster plain forward pass.
 Run: ``python benchmarks/gradcam_torch_cpu.py [--rounds 15]``.
 """
 
 from __future__ import annotations
 
 import argparse
-import statistics
-import time
 from collections.abc import Callable
 
 import torch
+from _timing import report, side_by_side
 
 import camkit
 from camkit._demo import load_model
@@ -67,28 +65,15 @@ def main() -> None:
     torch.manual_seed(0)
     model = load_model()
     x = torch.randn(args.batch, 3, 224, 224)
-    runs = contenders(model, x)
-    for run in runs.values():  # warm-up: allocator, first-call layer probes
-        run()
-        run()
-    times: dict[str, list[float]] = {name: [] for name in runs}
-    names = list(runs)
-    for round_index in range(args.rounds):
-        # rotate the order each round: no contender always follows the same one
-        shift = round_index % len(names)
-        for name in names[shift:] + names[:shift]:
-            run = runs[name]
-            start = time.perf_counter()
-            run()
-            times[name].append(time.perf_counter() - start)
-    # the ratio's base is the faster plain forward, the stricter bound (on this machine,
+    medians = side_by_side(contenders(model, x), args.rounds)
+    # the baseline is the faster plain forward, the stricter bound (on this machine,
     # inference_mode ran about 2x slower than no_grad once the allocator had warmed up)
-    base = min(statistics.median(times[name]) for name in names if name.startswith("forward"))
-    print(f"EfficientNet-Lite0, batch {args.batch}, 224 px, {torch.get_num_threads()} threads, "
-          f"torch {torch.__version__}, {args.rounds} rounds (median)")  # fmt: skip
-    for name, values in times.items():
-        median = statistics.median(values)
-        print(f"{name:<40} {median * 1e3:8.1f} ms   {median / base:5.2f}x the faster forward")
+    baseline = min(("forward (inference_mode)", "forward (no_grad)"), key=medians.__getitem__)
+    title = (
+        f"EfficientNet-Lite0, batch {args.batch}, 224 px, {torch.get_num_threads()} threads, "
+        f"torch {torch.__version__}, {args.rounds} rounds (median)"
+    )
+    report(title, medians, baseline)
 
 
 if __name__ == "__main__":

@@ -133,6 +133,22 @@ def test_sequential_nested_and_subclassed_give_the_same_maps(weights):
     np.testing.assert_allclose(got, reference, atol=1e-5)
 
 
+def test_tf_keras_two_gives_the_same_maps(weights):
+    tf_keras = pytest.importorskip("tf_keras")
+    layers = tf_keras.layers
+    model = tf_keras.Sequential(
+        [layers.ZeroPadding2D(1, input_shape=(12, 12, 3)), layers.Conv2D(6, 3), layers.ReLU(),
+         layers.ZeroPadding2D(1), layers.Conv2D(8, 3, strides=2, name="conv2"), layers.ReLU(),
+         layers.GlobalAveragePooling2D(), layers.Dense(5, activation="softmax")]
+    )  # fmt: skip
+    model.set_weights(weights)
+    expected = camkit.explain(sequential(weights), X, "gradcam", "conv2")
+    got = camkit.explain(model, X, "gradcam", "conv2")
+    assert got.backend == "tf"
+    np.testing.assert_allclose(got.scores, expected.scores, atol=1e-5)  # logits, not softmax
+    np.testing.assert_allclose(got.cams, expected.cams, atol=1e-5)
+
+
 def test_automatic_layer(weights):
     assert camkit.explain(sequential(weights), X).layers == ("relu2",)
     assert camkit.explain(nested(weights), X).layers == ("backbone",)
