@@ -30,7 +30,7 @@ from ._gradient import (
     XGradCAM,
 )
 from ._overlay import COLORMAPS, image_grid, overlay
-from ._protocol import CLASSIFIER_WEIGHTS, ActivationGradientProvider, Capture
+from ._protocol import CLASSIFIER_WEIGHTS, FUSED_PIPELINE, ActivationGradientProvider, Capture
 from ._registry import Backend, BackendInfo, backends, hookimpl, register_backend
 
 __version__ = "0.1.0"
@@ -39,6 +39,7 @@ __all__ = [
     "CAM",
     "CLASSIFIER_WEIGHTS",
     "COLORMAPS",
+    "FUSED_PIPELINE",
     "ActivationGradientProvider",
     "Backend",
     "BackendError",

@@ -38,6 +38,7 @@ class CAM(ChannelWeightedMethod):
     needs_gradients = False
     relu_by_default = False
     requires = frozenset({CLASSIFIER_WEIGHTS})
+    fusable = False  # the classifier's weights are read from the model at every call
 
     def __init__(self, *args: Any, classifier: object | None = None, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)

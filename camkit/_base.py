@@ -15,6 +15,7 @@ Everything up to the final maps runs in the backend's namespace, on the model's 
 
 from __future__ import annotations
 
+import copy
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -24,7 +25,7 @@ import numpy as np
 
 from . import _ops
 from ._errors import CamkitError, CapabilityError, InputError
-from ._protocol import Capture
+from ._protocol import FUSED_PIPELINE, Capture
 from ._registry import provider_for
 from ._targets import TargetLike, as_target
 
@@ -96,6 +97,8 @@ class CamMethod(ABC):
     relu_by_default: ClassVar[bool] = True
     #: Optional provider capabilities the method needs.
     requires: ClassVar[frozenset[str]] = frozenset()
+    #: Whether the map pipeline is a pure function of the capture (compilable with it).
+    fusable: ClassVar[bool] = True
 
     def __init__(
         self,
@@ -153,9 +156,36 @@ class CamMethod(ABC):
             raise CamkitError(f"this {type(self).__name__} is closed; create a new one")
         if self._layers is None:
             self._layers = (self.provider.default_layer(inputs),)
-        capture = self.provider.capture(
-            inputs, self._layers, as_target(target), gradients=self.needs_gradients
-        )
+        provider: Any = self.provider
+        request = (inputs, self._layers, as_target(target))
+        if self.fusable and FUSED_PIPELINE in provider.capabilities:
+            cams, capture = provider.run_pipeline(
+                *request, gradients=self.needs_gradients, pipeline=self._detached()._pipeline,
+                key=self._pipeline_key(),
+            )  # fmt: skip
+        else:
+            capture = provider.capture(*request, gradients=self.needs_gradients)
+            cams = self._pipeline(capture, provider.input_size(inputs))
+        return self._explanation(cams, capture)
+
+    def _pipeline_key(self) -> tuple[Any, ...]:
+        """Everything the map pipeline depends on: equal keys give equal pipelines."""
+        size = self.size if isinstance(self.size, str) else tuple(self.size)
+        options = (self.relu, self.normalize, size, self.fusion, self.grid, self.prefix_tokens)
+        return (type(self), *options, *self._method_options())
+
+    def _method_options(self) -> tuple[Any, ...]:
+        """A subclass's own options that change its maps."""
+        return ()
+
+    def _detached(self) -> CamMethod:
+        """A copy without the provider, for compiled caches that must not keep models alive."""
+        clone = copy.copy(self)
+        clone.provider = None  # type: ignore[assignment]
+        return clone
+
+    def _pipeline(self, capture: Capture, input_size: tuple[int, int]) -> Array:
+        """Capture -> maps ``(N, H, W)``: a pure function of the capture's arrays."""
         gradients = capture.gradients or (None,) * len(capture.activations)
         maps = []
         for activations, layer_gradients in zip(capture.activations, gradients, strict=True):
@@ -163,12 +193,12 @@ class CamMethod(ABC):
             if layer_gradients is not None:
                 layer_gradients = self._as_grid(layer_gradients)
             maps.append(self.layer_map(activations, layer_gradients, capture))
-        out_size = self._output_size(inputs, maps)
+        out_size = self._output_size(input_size, maps)
         maps = [self._finish(m, out_size) for m in maps]
         cams = _ops.fuse(maps, self.fusion)
         if len(maps) > 1 and self.normalize == "minmax":
             cams = _ops.normalize_minmax(cams)
-        return self._explanation(cams, capture)
+        return cams
 
     def _as_grid(self, x: Array) -> Array:
         if x.ndim == 3:
@@ -180,9 +210,9 @@ class CamMethod(ABC):
             )
         return x
 
-    def _output_size(self, inputs: Any, maps: Sequence[Array]) -> tuple[int, int]:
+    def _output_size(self, input_size: tuple[int, int], maps: Sequence[Array]) -> tuple[int, int]:
         if self.size == "input":
-            return self.provider.input_size(inputs)
+            return input_size
         if self.size == "layer":
             sizes = [(int(m.shape[1]), int(m.shape[2])) for m in maps]
             return max(sizes, key=lambda hw: hw[0] * hw[1])

@@ -79,6 +79,9 @@ class GradCAMPlusPlus(ChannelWeightedMethod):
         self.variant = variant
         super().__init__(*args, **kwargs)
 
+    def _method_options(self) -> tuple[str]:
+        return (self.variant,)
+
     def channel_weights(self, activations: Array, gradients: Array, capture: Capture) -> Array:
         squared = gradients * gradients
         denominator = 2 * squared + _ops.spatial_sum(activations) * squared * gradients

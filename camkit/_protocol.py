@@ -15,12 +15,17 @@ import numpy as np
 
 from ._targets import Target
 
-__all__ = ["CLASSIFIER_WEIGHTS", "ActivationGradientProvider", "Capture"]
+__all__ = ["CLASSIFIER_WEIGHTS", "FUSED_PIPELINE", "ActivationGradientProvider", "Capture"]
 
 Array = Any
 
 #: Capability: ``classifier_weights()`` returns the final linear layer's ``(K, C)`` weights (CAM).
 CLASSIFIER_WEIGHTS = "classifier_weights"
+#: Capability: ``run_pipeline(inputs, layers, target, gradients=, pipeline=, key=)`` compiles
+#: the capture together with the method's pure map pipeline ``pipeline(capture, input_size)``
+#: (cached by ``key``) and returns ``(cams, capture)``; the capture then needs only ``scores``
+#: and ``indices``.
+FUSED_PIPELINE = "fused_pipeline"
 
 
 @dataclass(frozen=True)

@@ -15,6 +15,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 from array_api_compat import array_namespace, device
 
 from ._errors import InputError, TargetError
@@ -28,7 +29,11 @@ __all__ = [
     "SoftmaxTarget",
     "Target",
     "TargetLike",
+    "TracedTarget",
     "as_target",
+    "score_traced",
+    "trace_target",
+    "validate_target",
 ]
 
 Array = Any
@@ -224,3 +229,96 @@ def as_target(target: TargetLike) -> Target:
         f"target={target!r} is not a target; pass None (top-1), a class index, one index per "
         "sample, a camkit.targets object, or a callable written in the model's framework"
     )
+
+
+# -- targets in compiled captures -----------------------------------------------------------
+# A compiled capture (tf.function, jax.jit) must not be traced again for every new class index
+# or mask, so a target is split into a static key and array inputs; the scores are computed
+# from those in the compiled function, and the target's own checks run on the outputs after.
+
+
+@dataclass(frozen=True)
+class TracedTarget:
+    """A target split for a compiled capture.
+
+    ``key`` is static (part of the compiled function's cache key); ``indices`` ``(N,)`` int32
+    (``-1`` for each sample's top-1) and ``mask`` (float32, shape ``()`` when unused) are
+    passed to the compiled function as arrays.
+    """
+
+    key: tuple[Any, ...]
+    indices: np.ndarray
+    mask: np.ndarray
+
+
+def trace_target(target: Target, count: int) -> TracedTarget:
+    """Split ``target`` for a batch of ``count`` samples; raise for targets that cannot be."""
+    no_mask = np.ones((), np.float32)
+    zeros = np.zeros((count,), np.int32)
+    if isinstance(target, (ClassTarget, SoftmaxTarget)):
+        index = target.index
+        if index is None:
+            indices = np.full((count,), -1, np.int32)
+        elif isinstance(index, numbers.Integral):
+            indices = np.full((count,), int(index), np.int32)
+        else:
+            chosen = [int(i) for i in index]  # type: ignore[union-attr]
+            # a wrong count is reported after the run by validate_target
+            indices = np.asarray(chosen if len(chosen) == count else [-1] * count, np.int32)
+        kind = "class" if isinstance(target, ClassTarget) else "softmax"
+        return TracedTarget((kind,), indices, no_mask)
+    if isinstance(target, RegressionTarget):
+        return TracedTarget(("regression", target.output), zeros, no_mask)
+    if isinstance(target, SegmentationTarget):
+        mask = no_mask if target.mask is None else np.asarray(target.mask, np.float32)
+        return TracedTarget(("segmentation", target.class_index, mask.ndim), zeros, mask)
+    if isinstance(target, CallableTarget):
+        return TracedTarget(("callable", target.fn), zeros, no_mask)
+    raise InputError(
+        f"target={target!r} cannot be compiled; pass one of camkit.targets' classes or a "
+        "callable written in the model's framework"
+    )
+
+
+def score_traced(
+    key: tuple[Any, ...], outputs: Array, indices: Array, mask: Array, *, channels_last: bool
+) -> tuple[Array, Array]:
+    """Scores ``(N,)`` and output indices ``(N,)`` of a :class:`TracedTarget`, in the Array
+    API. Segmentation outputs are ``(N, H, W, K)`` if ``channels_last``, else ``(N, K, H, W)``.
+
+    Indices out of range are clipped here and reported by :func:`validate_target`.
+    """
+    kind = key[0]
+    if kind == "callable":
+        scores = key[1](outputs)
+        xp = array_namespace(scores)
+        return scores, xp.full(scores.shape, -1, dtype=xp.int32)
+    xp = array_namespace(outputs)
+    outputs = xp.astype(outputs, xp.float32)
+    count = outputs.shape[-1] if outputs.ndim > 1 else 1
+    if kind in ("class", "softmax"):
+        top = xp.astype(xp.argmax(outputs, axis=-1), xp.int32)
+        chosen = xp.clip(xp.where(indices >= 0, indices, top), 0, count - 1)
+        values = outputs
+        if kind == "softmax":
+            shifted = xp.exp(outputs - xp.max(outputs, axis=-1, keepdims=True))
+            values = shifted / xp.sum(shifted, axis=-1, keepdims=True)
+        return xp.sum(values * _one_hot(chosen, count, values), axis=-1), chosen
+    if kind == "regression":
+        scores = outputs if outputs.ndim == 1 else outputs[:, min(key[1], count - 1)]
+        return scores, xp.full(scores.shape, key[1], dtype=xp.int32)
+    if channels_last:  # segmentation
+        plane = outputs[..., min(key[1], outputs.shape[-1] - 1)]
+    else:
+        plane = outputs[:, min(key[1], outputs.shape[1] - 1)]
+    scores = xp.sum(plane * mask, axis=(1, 2))
+    return scores, xp.full(scores.shape, key[1], dtype=xp.int32)
+
+
+def validate_target(target: Target, outputs: np.ndarray, *, channels_last: bool) -> None:
+    """Run the target's own checks (index range, count, mask shape) on host outputs."""
+    if isinstance(target, CallableTarget):
+        return
+    if channels_last and isinstance(target, SegmentationTarget) and outputs.ndim == 4:
+        outputs = np.moveaxis(outputs, -1, 1)
+    target.resolve(outputs)

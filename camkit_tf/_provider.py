@@ -24,7 +24,6 @@ from __future__ import annotations
 import contextlib
 import warnings
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -32,14 +31,8 @@ import tensorflow as tf
 
 from camkit import CLASSIFIER_WEIGHTS, Capture, InputError, LayerError
 from camkit._errors import BackendError, CamkitError, closest_names
-from camkit.targets import (
-    CallableTarget,
-    ClassTarget,
-    RegressionTarget,
-    SegmentationTarget,
-    SoftmaxTarget,
-    Target,
-)
+from camkit._targets import trace_target, validate_target
+from camkit.targets import Target
 
 __all__ = ["KerasProvider"]
 
@@ -72,43 +65,6 @@ def _shadow_calls(layers: Mapping[str, Any], wrap: Callable[[str, Any], Any]) ->
                 object.__setattr__(layer, "call", original)
             else:
                 object.__delattr__(layer, "call")
-
-
-@dataclass(frozen=True)
-class _TargetPlan:
-    """How a framework-neutral target is scored in TensorFlow: a cache key and its inputs."""
-
-    key: tuple[Any, ...]
-    indices: np.ndarray  # (N,) int32, -1 for "top-1"
-    mask: np.ndarray  # float32, () when unused
-
-
-def _plan(target: Target, count: int) -> _TargetPlan:
-    no_mask = np.ones((), np.float32)
-    if isinstance(target, (ClassTarget, SoftmaxTarget)):
-        index = target.index
-        if index is None:
-            indices = np.full((count,), -1, np.int32)
-        elif isinstance(index, (int, np.integer)):
-            indices = np.full((count,), int(index), np.int32)
-        else:
-            chosen = [int(i) for i in index]
-            # a wrong count is reported after the run by the target's own validation
-            indices = np.asarray(chosen if len(chosen) == count else [-1] * count, np.int32)
-        kind = "class" if isinstance(target, ClassTarget) else "softmax"
-        return _TargetPlan((kind,), indices, no_mask)
-    if isinstance(target, RegressionTarget):
-        return _TargetPlan(("regression", target.output), np.zeros((count,), np.int32), no_mask)
-    if isinstance(target, SegmentationTarget):
-        mask = no_mask if target.mask is None else np.asarray(target.mask, np.float32)
-        key = ("segmentation", target.class_index, mask.ndim)
-        return _TargetPlan(key, np.zeros((count,), np.int32), mask)
-    if isinstance(target, CallableTarget):
-        return _TargetPlan(("callable", target.fn), np.zeros((count,), np.int32), no_mask)
-    raise InputError(
-        f"target={target!r} cannot be scored by the tf backend; pass one of camkit.targets' "
-        "classes or a callable written in TensorFlow"
-    )
 
 
 def _score(key: tuple[Any, ...], outputs: Any, indices: Any, mask: Any) -> tuple[Any, Any]:
@@ -241,7 +197,7 @@ class KerasProvider:
         self, inputs: Any, layers: Sequence[str], target: Target, *, gradients: bool
     ) -> Capture:
         x = self._prepare(inputs)
-        plan = _plan(target, int(x.shape[0]))
+        plan = trace_target(target, int(x.shape[0]))
         key = (tuple(layers), plan.key, gradients)
         if key not in self._compiled:
             self._compiled[key] = self._build(tuple(layers), plan.key, gradients)
@@ -250,7 +206,7 @@ class KerasProvider:
             lambda: compiled(x, tf.constant(plan.indices), tf.constant(plan.mask)), x
         )
         host_outputs = outputs.numpy()
-        self._validate(target, host_outputs)
+        validate_target(target, host_outputs, channels_last=True)
         if plan.key[0] == "class" and not bool(softmax_reached):
             self._warn_if_probabilities(host_outputs)
         return Capture(
@@ -344,15 +300,6 @@ class KerasProvider:
             yield
         finally:
             object.__setattr__(layer, "activation", activation)
-
-    @staticmethod
-    def _validate(target: Target, outputs: np.ndarray) -> None:
-        """Range and count checks with the framework-neutral targets' own messages."""
-        if isinstance(target, CallableTarget):
-            return
-        if isinstance(target, SegmentationTarget):
-            outputs = _channels_first(outputs)
-        target.resolve(outputs)
 
     @staticmethod
     def _warn_if_probabilities(outputs: np.ndarray) -> None:

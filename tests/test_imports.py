@@ -27,6 +27,7 @@ def imported_after(statement: str) -> list[str]:
         "import camkit; camkit.backends(); camkit.methods()",
         "import camkit_torch",
         "import camkit_tf",
+        "import camkit_jax",
         "import camkit, camkit.targets; camkit.explain.__doc__",
     ],
 )

@@ -1,0 +1,258 @@
+"""The JAX backend: parity with PyTorch (NNX, Linen), hand values (function split), tracing."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+jax = pytest.importorskip("jax")
+jnp = jax.numpy
+nnx = pytest.importorskip("flax.nnx")
+linen = pytest.importorskip("flax.linen")
+
+import camkit  # noqa: E402
+import camkit_jax  # noqa: E402
+from camkit import targets  # noqa: E402
+from camkit_jax import _provider  # noqa: E402
+
+RAW = {"relu": False, "normalize": "none", "size": "layer"}
+GRADIENT_METHODS = [
+    "gradcam", "gradcam++", "xgradcam", "hirescam", "gradcam-elementwise", "layercam",
+    "eigengradcam",
+]  # fmt: skip
+X = np.random.default_rng(5).normal(size=(3, 12, 12, 3)).astype(np.float32)
+PAD = ((1, 1), (1, 1))  # torch's padding=1, also for the strided convolution
+
+
+class NnxCNN(nnx.Module):
+    """test_torch.SmallCNN in Flax NNX."""
+
+    def __init__(self, rngs):
+        self.conv1 = nnx.Conv(3, 6, (3, 3), padding=PAD, rngs=rngs)
+        self.conv2 = nnx.Conv(6, 8, (3, 3), strides=2, padding=PAD, rngs=rngs)
+        self.fc = nnx.Linear(8, 5, rngs=rngs)
+
+    def __call__(self, x):
+        x = nnx.relu(self.conv2(nnx.relu(self.conv1(x))))
+        return self.fc(x.mean((1, 2)))
+
+
+class LinenCNN(linen.Module):
+    @linen.compact
+    def __call__(self, x):
+        x = linen.relu(linen.Conv(6, (3, 3), padding=PAD, name="conv1")(x))
+        x = linen.relu(linen.Conv(8, (3, 3), strides=2, padding=PAD, name="conv2")(x))
+        return linen.Dense(5, name="fc")(x.mean((1, 2)))
+
+
+@pytest.fixture(scope="module")
+def nnx_model():
+    return NnxCNN(nnx.Rngs(0))
+
+
+@pytest.fixture(scope="module")
+def linen_model(nnx_model):
+    params = {
+        name: {"kernel": np.asarray(getattr(nnx_model, name).kernel[...]),
+               "bias": np.asarray(getattr(nnx_model, name).bias[...])}
+        for name in ("conv1", "conv2", "fc")
+    }  # fmt: skip
+    return LinenCNN(), {"params": params}
+
+
+@pytest.fixture(scope="module")
+def torch_twin(nnx_model):
+    torch = pytest.importorskip("torch")
+    from test_torch import SmallCNN
+
+    model = SmallCNN(inplace=False).eval()
+    with torch.no_grad():
+        for name in ("conv1", "conv2"):
+            layer = getattr(nnx_model, name)
+            kernel = np.array(layer.kernel[...]).transpose(3, 2, 0, 1)
+            getattr(model, name).weight.copy_(torch.from_numpy(kernel.copy()))
+            getattr(model, name).bias.copy_(torch.from_numpy(np.array(layer.bias[...])))
+        model.fc.weight.copy_(torch.from_numpy(np.array(nnx_model.fc.kernel[...]).T.copy()))
+        model.fc.bias.copy_(torch.from_numpy(np.array(nnx_model.fc.bias[...])))
+    return model
+
+
+@pytest.mark.parametrize("method", GRADIENT_METHODS)
+@pytest.mark.parametrize("layer", ["conv1", "conv2"])
+def test_same_maps_as_pytorch(nnx_model, linen_model, torch_twin, method, layer):
+    import torch
+
+    target = [0, 3, 1]
+    images = torch.from_numpy(X.transpose(0, 3, 1, 2).copy())
+    expected = camkit.explain(torch_twin, images, method, layer, target=target)
+    for model in (nnx_model, linen_model):
+        got = camkit.explain(model, X, method, layer, target=target)
+        assert got.backend == "jax"
+        np.testing.assert_allclose(got.scores, expected.scores, atol=1e-4)
+        assert np.abs(got.cams - expected.cams).max() <= 1e-4
+
+
+def test_function_split_hand_values():
+    # features: the input itself (2 channels, 2x2); head: global average pooling + linear W
+    weights = jnp.asarray([[1.0, -1.0], [0.5, 2.0]])
+
+    def features(params, x):
+        return x
+
+    def head(params, a):
+        return a.mean((1, 2)) @ params.T
+
+    split = camkit_jax.FunctionSplit(features, head, weights)
+    a = np.zeros((1, 2, 2, 2), np.float32)
+    a[0, :, :, 0] = [[1, 2], [3, 4]]
+    a[0, :, :, 1] = [[1, 1], [1, -2]]
+    # Grad-CAM for class 1: dS/dA_c = W[1, c] / 4, so M = 0.125 * A0 + 0.5 * A1
+    #   = [[0.125, 0.25], [0.375, 0.5]] + [[0.5, 0.5], [0.5, -1]]
+    got = camkit.explain(split, a, "gradcam", target=1, **RAW)
+    np.testing.assert_allclose(got.cams[0], [[0.625, 0.75], [0.875, -0.5]], atol=1e-6)
+    assert got.layers == ("features",)
+    # HiResCAM: sum_c G_c * A_c, the same map here since G is constant per channel
+    hires = camkit.explain(split, a, "hirescam", target=1, **RAW).cams[0]
+    np.testing.assert_allclose(hires, [[0.625, 0.75], [0.875, -0.5]], atol=1e-6)
+    # the score is the class-1 logit: mean(A0) * 0.5 + mean(A1) * 2 = 1.25 + 0.5
+    np.testing.assert_allclose(got.scores, [1.75], atol=1e-6)
+
+
+def test_linen_wrapper_with_apply_kwargs(linen_model):
+    class WithTrainFlag(LinenCNN):
+        @linen.compact
+        def __call__(self, x, train: bool = True):
+            assert not train
+            return super().__call__(x)
+
+    variables = linen_model[1]
+    wrapped = camkit_jax.Linen(WithTrainFlag(), variables, {"train": False})
+    expected = camkit.explain(linen_model, X, "gradcam", "conv2").cams
+    np.testing.assert_allclose(camkit.explain(wrapped, X, "gradcam", "conv2").cams, expected)
+
+
+def test_automatic_layer(nnx_model, linen_model):
+    assert camkit.explain(nnx_model, X).layers == ("conv2",)
+    assert camkit.explain(linen_model, X).layers == ("conv2",)
+
+
+def test_compiled_once_and_reused_across_calls_and_objects(nnx_model):
+    method = camkit.GradCAMPlusPlus(nnx_model, "conv1")
+    first = method(X, target=[1, 2, 3])
+    second = method(X, target=[4, 0, 2])  # new indices are inputs, not constants
+    assert method.provider.traces == 1
+    assert second.targets.tolist() == [4, 0, 2] and first.targets.tolist() == [1, 2, 3]
+    before = _provider.trace_count()
+    camkit.explain(nnx_model, X, "gradcam++", "conv1", target=3)  # a new object, same pipeline
+    assert _provider.trace_count() == before
+
+
+def test_targets(nnx_model):
+    logits = np.asarray(nnx_model(jnp.asarray(X)))
+    top = camkit.explain(nnx_model, X, layer="conv2")
+    assert top.targets.tolist() == logits.argmax(1).tolist()
+    np.testing.assert_allclose(top.scores, logits.max(1), atol=1e-5)
+    soft = camkit.explain(nnx_model, X, layer="conv2", target=targets.SoftmaxTarget(2))
+    np.testing.assert_allclose(soft.scores, np.asarray(jax.nn.softmax(logits))[:, 2], atol=1e-6)
+    margin = camkit.explain(nnx_model, X, layer="conv2", target=lambda y: y[:, 1] - y[:, 0], **RAW)
+    one = camkit.explain(nnx_model, X, "gradcam", "conv2", target=1, **RAW).cams
+    zero = camkit.explain(nnx_model, X, "gradcam", "conv2", target=0, **RAW).cams
+    np.testing.assert_allclose(margin.cams, one - zero, atol=1e-5)
+    assert margin.targets.tolist() == [-1, -1, -1]
+    with pytest.raises(camkit.TargetError, match="target=7 is out of range: the model has 5"):
+        camkit.explain(nnx_model, X, layer="conv2", target=7)
+
+
+class Relu(nnx.Module):
+    def __call__(self, x):
+        return nnx.relu(x)
+
+
+class NnxGapCNN(NnxCNN):
+    """The ReLU before pooling as a module, so that CAM can explain what the classifier pools."""
+
+    def __init__(self, rngs):
+        super().__init__(rngs)
+        self.act = Relu()
+
+    def __call__(self, x):
+        x = self.act(self.conv2(nnx.relu(self.conv1(x))))
+        return self.fc(x.mean((1, 2)))
+
+
+def test_cam_equals_gradcam_up_to_a_per_image_scale():
+    model = NnxGapCNN(nnx.Rngs(1))
+    cam = camkit.explain(model, X, "cam", "act", **RAW).cams
+    gradcam = camkit.explain(model, X, "gradcam", "act", **RAW).cams
+    np.testing.assert_allclose(gradcam * 36, cam, rtol=1e-4, atol=1e-5)  # 6x6 layer
+
+
+def test_model_left_as_found(nnx_model):
+    state_before = jax.tree.map(np.asarray, nnx.state(nnx_model))
+    classes = {path: type(m) for path, m in nnx.iter_modules(nnx_model)}
+    for method in camkit.methods():
+        camkit.explain(nnx_model, X, method, "conv2")
+    assert {path: type(m) for path, m in nnx.iter_modules(nnx_model)} == classes
+    state_after = jax.tree.map(np.asarray, nnx.state(nnx_model))
+    jax.tree.map(np.testing.assert_array_equal, state_before, state_after)
+
+
+def test_errors(nnx_model):
+    with pytest.raises(camkit.LayerError, match="closest valid names.*'conv2'"):
+        camkit.explain(nnx_model, X, layer="conv3")
+    with pytest.raises(camkit.InputError, match=r"\(N, H, W, C\) for Flax.*inputs\[None\]"):
+        camkit.explain(nnx_model, X[0])
+    with pytest.raises(camkit.InputError, match="floating-point"):
+        camkit.explain(nnx_model, X.astype(np.int32))
+    with pytest.raises(camkit.InputError, match="failed on inputs of shape"):
+        camkit.explain(nnx_model, np.zeros((1, 12, 12, 5), np.float32))
+
+
+# -- Equinox ---------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def equinox_model(nnx_model):
+    """The same network in Equinox: one image (C, H, W) at a time, vmapped by camkit."""
+    eqx = pytest.importorskip("equinox")
+
+    class EqxCNN(eqx.Module):
+        conv1: eqx.nn.Conv2d
+        conv2: eqx.nn.Conv2d
+        fc: eqx.nn.Linear
+
+        def __init__(self, key):
+            k1, k2, k3 = jax.random.split(key, 3)
+            self.conv1 = eqx.nn.Conv2d(3, 6, 3, padding=1, key=k1)
+            self.conv2 = eqx.nn.Conv2d(6, 8, 3, stride=2, padding=1, key=k2)
+            self.fc = eqx.nn.Linear(8, 5, key=k3)
+
+        def __call__(self, x):
+            x = jax.nn.relu(self.conv2(jax.nn.relu(self.conv1(x))))
+            return self.fc(x.mean((1, 2)))
+
+    model = EqxCNN(jax.random.PRNGKey(0))
+    for name in ("conv1", "conv2"):  # HWIO -> OIHW, bias (O,) -> (O, 1, 1)
+        layer = getattr(nnx_model, name)
+        kernel = jnp.transpose(jnp.asarray(layer.kernel[...]), (3, 2, 0, 1))
+        model = eqx.tree_at(lambda m, n=name: getattr(m, n).weight, model, kernel)
+        bias = jnp.asarray(layer.bias[...])[:, None, None]
+        model = eqx.tree_at(lambda m, n=name: getattr(m, n).bias, model, bias)
+    model = eqx.tree_at(lambda m: m.fc.weight, model, jnp.asarray(nnx_model.fc.kernel[...]).T)
+    return eqx.tree_at(lambda m: m.fc.bias, model, jnp.asarray(nnx_model.fc.bias[...]))
+
+
+@pytest.mark.parametrize("method", GRADIENT_METHODS)
+def test_equinox_gives_the_same_maps_as_flax(nnx_model, equinox_model, method):
+    channels_first = X.transpose(0, 3, 1, 2).copy()
+    expected = camkit.explain(nnx_model, X, method, "conv2", target=[0, 3, 1])
+    got = camkit.explain(equinox_model, channels_first, method, "conv2", target=[0, 3, 1])
+    assert got.backend == "jax" and got.cams.shape == (3, 12, 12)
+    np.testing.assert_allclose(got.scores, expected.scores, atol=1e-4)
+    assert np.abs(got.cams - expected.cams).max() <= 1e-4
+
+
+def test_equinox_automatic_layer_and_cam(equinox_model):
+    channels_first = X.transpose(0, 3, 1, 2).copy()
+    assert camkit.explain(equinox_model, channels_first).layers == ("conv2",)
+    assert camkit.explain(equinox_model, channels_first, "cam").cams.shape == (3, 12, 12)
