@@ -30,7 +30,7 @@ import sys
 import threading
 from collections import Counter, OrderedDict
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -57,6 +57,19 @@ _LOCK = threading.Lock()
 def trace_count() -> int:
     """How many times any camkit capture has been traced (compiled) in this process."""
     return sum(_TRACES.values())
+
+
+class _Layout(NamedTuple):
+    """How a model kind takes its inputs: per sample (vmapped) or batched, channel axis."""
+
+    per_sample: bool
+    channels_last: bool
+
+
+def _input_size(inputs: Any, channels_last: bool) -> tuple[int, int]:
+    if channels_last:
+        return int(inputs.shape[1]), int(inputs.shape[2])
+    return int(inputs.shape[2]), int(inputs.shape[3])
 
 
 def _channels_first(array: Any) -> Any:
@@ -243,10 +256,11 @@ class _EquinoxModel:
         except TypeError:  # unhashable static parts: their identities, kept alive by `static`
             structure = (treedef, tuple(id(leaf) for leaf in leaves))
         intercepted = _intercepted_module_class(eqx)
+        every_path = tuple(self.modules())  # the closure must not hold the model itself
 
         def run(params: Any, x: Any, intercept: Intercept, paths: frozenset[str] | None) -> Any:
             model = eqx.combine(params, static)
-            for path in paths if paths is not None else self.modules():
+            for path in paths if paths is not None else every_path:
                 getter = functools.partial(_get_path, parts=path.split("."))
                 model = eqx.tree_at(
                     getter, model, replace_fn=lambda inner, p=path: intercepted(inner, p, intercept)
@@ -335,7 +349,7 @@ class _Perturbation:
 
 
 def _forward(
-    kind: Any, run: Run, params: Any, x: Any, deltas: dict[str, Any] | None,
+    kind: _Layout, run: Run, params: Any, x: Any, deltas: dict[str, Any] | None,
     last_calls: dict[str, int] | None, paths: frozenset[str],
 ) -> tuple[Any, dict[str, Any], Counter[str]]:  # fmt: skip
     """Outputs, each layer's recorded output and call counts; per-sample kinds are vmapped."""
@@ -356,7 +370,7 @@ def _forward(
 
 
 def _capture(
-    kind: Any,
+    kind: _Layout,
     run: Run,
     params: Any,
     x: Any,
@@ -491,16 +505,19 @@ class JaxProvider:
                 _COMPILED.move_to_end(key)
                 return _COMPILED[key], params
 
+            # the cache outlives this provider: the closure holds no model, only its layout
+            layout = _Layout(self.kind.per_sample, self.kind.channels_last)
+
             def compiled(params: Any, x: Any, indices: Any, mask: Any) -> Any:
                 _TRACES[key] += 1  # Python runs only while JAX traces
                 capture = _capture(
-                    self.kind, run, params, x, (indices, mask, traced.key), tuple(layers),
+                    layout, run, params, x, (indices, mask, traced.key), tuple(layers),
                     gradients,
                 )  # fmt: skip
                 if pipeline is None:
                     return (capture.activations, capture.gradients, capture.outputs,
                             capture.scores, capture.indices)  # fmt: skip
-                cams = pipeline(capture, self.input_size(x))
+                cams = pipeline(capture, _input_size(x, layout.channels_last))
                 return cams, capture.outputs, capture.scores, capture.indices
 
             _COMPILED[key] = jax.jit(compiled)
@@ -582,9 +599,7 @@ class JaxProvider:
         return self.kind.classifier_weights()
 
     def input_size(self, inputs: Any) -> tuple[int, int]:
-        if self.kind.channels_last:
-            return int(inputs.shape[1]), int(inputs.shape[2])
-        return int(inputs.shape[2]), int(inputs.shape[3])
+        return _input_size(inputs, self.kind.channels_last)
 
     def to_numpy(self, array: Any) -> np.ndarray:
         return np.asarray(array)

@@ -256,3 +256,15 @@ def test_equinox_automatic_layer_and_cam(equinox_model):
     channels_first = X.transpose(0, 3, 1, 2).copy()
     assert camkit.explain(equinox_model, channels_first).layers == ("conv2",)
     assert camkit.explain(equinox_model, channels_first, "cam").cams.shape == (3, 12, 12)
+
+
+def test_compiled_cache_keeps_no_model_alive():
+    import gc
+    import weakref
+
+    model = NnxCNN(nnx.Rngs(3))
+    camkit.explain(model, X, "gradcam", "conv2")
+    alive = weakref.ref(model)
+    del model
+    gc.collect()
+    assert alive() is None
