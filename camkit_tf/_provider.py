@@ -7,8 +7,9 @@ How a capture runs, and why:
   traced, each chosen layer's ``call`` is shadowed by a wrapper that records its output and
   ``tape.watch``-es it. The wrapper is removed as soon as the trace ends: the compiled graph
   keeps the capture, the model keeps nothing.
-- The compiled capture is cached per layers, target kind and gradient need; TensorFlow reuses
-  it for inputs of the same shape (``traces`` counts traces, for tests).
+- The compiled capture is cached per model (weakly: the cache holds no model alive), layers,
+  target kind and gradient need, so one-call ``camkit.explain`` reuses it too; TensorFlow
+  reuses it for inputs of the same shape (``traces`` counts traces, for tests).
 - Gradients come from ``GradientTape.gradient(sum_n S[n], A)`` with respect to the watched
   layer outputs only; the tape watches no variables.
 - Keras is channels-last: activations ``(N, H, W, C)`` are handed to the core as
@@ -22,8 +23,11 @@ How a capture runs, and why:
 from __future__ import annotations
 
 import contextlib
+import functools
 import warnings
+import weakref
 from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -65,6 +69,42 @@ def _shadow_calls(layers: Mapping[str, Any], wrap: Callable[[str, Any], Any]) ->
                 object.__setattr__(layer, "call", original)
             else:
                 object.__delattr__(layer, "call")
+
+
+@contextlib.contextmanager
+def _logits_of(keras: Any, layer: Any | None) -> Iterator[None]:
+    """While tracing, make the final softmax layer return its logits."""
+    if layer is None:
+        yield
+        return
+    if isinstance(layer, getattr(keras.layers, "Softmax", ())) or (
+        type(layer).__name__ == "Activation"
+    ):
+
+        def identity(path: str, call: Callable[..., Any]) -> Callable[..., Any]:
+            return lambda inputs, *args, **kwargs: inputs
+
+        with _shadow_calls({"softmax": layer}, identity):
+            yield
+        return
+    activation = layer.activation
+    object.__setattr__(layer, "activation", keras.activations.linear)
+    try:
+        yield
+    finally:
+        object.__setattr__(layer, "activation", activation)
+
+
+@dataclass
+class _ModelCache:
+    """The compiled captures of one model, and how often they were traced."""
+
+    functions: dict[tuple[Any, ...], Any] = field(default_factory=dict)
+    traces: int = 0
+
+
+# per model, weakly: one-call camkit.explain reuses the compiled capture of an earlier call
+_CACHES: weakref.WeakKeyDictionary[Any, _ModelCache] = weakref.WeakKeyDictionary()
 
 
 def _score(key: tuple[Any, ...], outputs: Any, indices: Any, mask: Any) -> tuple[Any, Any]:
@@ -115,9 +155,14 @@ class KerasProvider:
             )
         self.keras = keras
         self.model = model
-        self.traces = 0
-        self._compiled: dict[tuple[Any, ...], Any] = {}
+        self._cache = _CACHES.setdefault(model, _ModelCache())
+        self._compiled = self._cache.functions
         self._default_layers: dict[tuple[int, ...], str] = {}
+
+    @property
+    def traces(self) -> int:
+        """How many times this model's captures were traced (compiled), for tests."""
+        return self._cache.traces
 
     # -- layers ---------------------------------------------------------------------------
 
@@ -222,12 +267,19 @@ class KerasProvider:
         )
 
     def _build(self, layers: tuple[str, ...], target_key: tuple[Any, ...], gradients: bool) -> Any:
-        model = self.model
+        # The function is cached with the model and must not keep it alive: it holds the model
+        # weakly, and the layers it needs (which hold no reference to their parents).
+        model_ref = weakref.ref(self.model)
         chosen = {path: self._layers()[path] for path in layers}
         final = self._final_softmax_layer()
+        logits_of = functools.partial(_logits_of, self.keras, final)
+        cache = self._cache
 
         def capture(x: Any, indices: Any, mask: Any) -> Any:
-            self.traces += 1  # Python runs only while TensorFlow traces
+            cache.traces += 1  # Python runs only while TensorFlow traces
+            model = model_ref()
+            if model is None:  # only a provider, which holds the model, calls this
+                raise RuntimeError("the Keras model of this capture was garbage-collected")
             recorded: dict[str, Any] = {}
 
             def watch(path: str, call: Callable[..., Any]) -> Callable[..., Any]:
@@ -245,7 +297,7 @@ class KerasProvider:
                 return watching_call
 
             with tf.GradientTape(watch_accessed_variables=False) as tape:
-                with _shadow_calls(chosen, watch), self._logits_of(final):
+                with _shadow_calls(chosen, watch), logits_of():
                     outputs = model(x, training=False)
                 scores, chosen_indices = _score(target_key, outputs, indices, mask)
                 total = tf.reduce_sum(scores)
@@ -277,29 +329,6 @@ class KerasProvider:
         if isinstance(last, softmax_layer) or getattr(activation, "__name__", "") == "softmax":
             return last
         return None
-
-    @contextlib.contextmanager
-    def _logits_of(self, layer: Any | None) -> Iterator[None]:
-        """While tracing, make the final softmax layer return its logits."""
-        if layer is None:
-            yield
-            return
-        if isinstance(layer, getattr(self.keras.layers, "Softmax", ())) or (
-            type(layer).__name__ == "Activation"
-        ):
-
-            def identity(path: str, call: Callable[..., Any]) -> Callable[..., Any]:
-                return lambda inputs, *args, **kwargs: inputs
-
-            with _shadow_calls({"softmax": layer}, identity):
-                yield
-            return
-        activation = layer.activation
-        object.__setattr__(layer, "activation", self.keras.activations.linear)
-        try:
-            yield
-        finally:
-            object.__setattr__(layer, "activation", activation)
 
     @staticmethod
     def _warn_if_probabilities(outputs: np.ndarray) -> None:
@@ -371,4 +400,4 @@ class KerasProvider:
         return np.asarray(array)
 
     def close(self) -> None:
-        self._compiled.clear()
+        """Nothing to release: compiled captures are cached per model, weakly, and go with it."""

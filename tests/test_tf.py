@@ -336,3 +336,18 @@ def test_against_tf_keras_vis(weights, peer, method, options):
     expected = camkit._ops.normalize_minmax(np.asarray(expected))
     got = camkit.explain(model, X, method, "conv2", target=target, size="layer", **options)
     assert np.abs(got.cams - expected).max() <= 1e-4
+
+
+def test_one_call_explain_reuses_the_compiled_capture_and_keeps_no_model_alive(weights):
+    import gc
+    import weakref
+
+    model = sequential(weights)
+    camkit.explain(model, X, "gradcam", "conv2", target=1)
+    traces = camkit.GradCAM(model, "conv2").provider.traces
+    camkit.explain(model, X, "layercam", "conv2", target=[2, 0, 1])
+    assert camkit.GradCAM(model, "conv2").provider.traces == traces == 1
+    alive = weakref.ref(model)
+    del model
+    gc.collect()
+    assert alive() is None
