@@ -38,6 +38,7 @@ import numpy as np
 
 from camkit import CLASSIFIER_WEIGHTS, FUSED_PIPELINE, Capture, InputError, LayerError
 from camkit._errors import CamkitError, closest_names
+from camkit._layers import last_spatial_layer
 from camkit._targets import TracedTarget, score_traced, trace_target, validate_target
 from camkit.targets import Target
 
@@ -477,15 +478,9 @@ class JaxProvider:
             return run(params, x, record, None)
 
         self._guard(lambda: jax.eval_shape(forward), x)
-        for path, shape in reversed(order):
-            if self.kind.is_spatial(shape):
-                self._default_layers[tuple(x.shape)] = path
-                return path
-        raise LayerError(
-            f"no layer of this model outputs a spatial map for inputs of shape "
-            f"{tuple(x.shape)}; pass layer= (for a vision transformer, a block whose output "
-            "is (N, tokens, C), with grid=(h, w) if it is not square)"
-        )
+        path = last_spatial_layer(order, self.kind.is_spatial, "this model", tuple(x.shape))
+        self._default_layers[tuple(x.shape)] = path
+        return path
 
     # -- capture --------------------------------------------------------------------------
 

@@ -35,6 +35,7 @@ import tensorflow as tf
 
 from camkit import CLASSIFIER_WEIGHTS, Capture, InputError, LayerError
 from camkit._errors import BackendError, CamkitError, closest_names
+from camkit._layers import last_spatial_layer
 from camkit._targets import trace_target, validate_target
 from camkit.targets import Target
 
@@ -133,6 +134,10 @@ def _score(key: tuple[Any, ...], outputs: Any, indices: Any, mask: Any) -> tuple
     return scores, tf.fill(tf.shape(scores), class_index)
 
 
+def _is_feature_map(shape: tuple[int, ...]) -> bool:
+    return len(shape) == 4 and shape[1] * shape[2] > 1  # (N, H, W, C)
+
+
 def _channels_first(array: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(np.moveaxis(array, -1, 1)) if array.ndim == 4 else array
 
@@ -226,15 +231,9 @@ class KerasProvider:
 
         with _shadow_calls(self._layers(), record):
             self._forward(lambda: self.model(x, training=False), x)
-        for path, shape in reversed(calls):
-            if len(shape) == 4 and shape[1] * shape[2] > 1:
-                self._default_layers[tuple(x.shape)] = path
-                return path
-        raise LayerError(
-            f"no layer of {self.model.name!r} outputs a spatial map (N, H, W, C) for inputs of "
-            f"shape {tuple(x.shape)}; pass layer= (for a vision transformer, a block whose "
-            "output is (N, tokens, C), with grid=(h, w) if it is not square)"
-        )
+        path = last_spatial_layer(calls, _is_feature_map, repr(self.model.name), tuple(x.shape))
+        self._default_layers[tuple(x.shape)] = path
+        return path
 
     # -- capture --------------------------------------------------------------------------
 

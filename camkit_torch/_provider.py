@@ -40,6 +40,7 @@ from camkit import (
     TargetError,
 )
 from camkit._errors import closest_names
+from camkit._layers import last_spatial_layer
 from camkit.targets import CallableTarget, Target
 
 __all__ = ["TorchProvider"]
@@ -54,6 +55,10 @@ class _ModelFacts:
 
 
 _FACTS: weakref.WeakKeyDictionary[torch.nn.Module, _ModelFacts] = weakref.WeakKeyDictionary()
+
+
+def _is_feature_map(shape: tuple[int, ...]) -> bool:
+    return len(shape) == 4 and shape[2] * shape[3] > 1  # (N, C, H, W)
 
 
 class TorchProvider:
@@ -136,15 +141,11 @@ class TorchProvider:
             for handle in handles:
                 handle.remove()
         self._facts.calls.update(Counter(name for name, _ in calls))
-        for name, shape in reversed(calls):
-            if len(shape) == 4 and shape[2] * shape[3] > 1:
-                self._facts.default_layers[tuple(x.shape)] = name
-                return name
-        raise LayerError(
-            f"no submodule of {type(self.model).__name__} outputs a spatial map (N, C, H, W) "
-            f"for inputs of shape {tuple(x.shape)}; pass layer= (for a vision transformer, a "
-            "block whose output is (N, tokens, C), with grid=(h, w) if it is not square)"
+        name = last_spatial_layer(
+            calls, _is_feature_map, type(self.model).__name__, tuple(x.shape)
         )
+        self._facts.default_layers[tuple(x.shape)] = name
+        return name
 
     # -- capture --------------------------------------------------------------------------
 
