@@ -10,9 +10,10 @@ jnp = jax.numpy
 nnx = pytest.importorskip("flax.nnx")
 linen = pytest.importorskip("flax.linen")
 
+from target_checks import check_class_targets  # noqa: E402
+
 import camkit  # noqa: E402
 import camkit_jax  # noqa: E402
-from camkit import targets  # noqa: E402
 from camkit_jax import _provider  # noqa: E402
 
 RAW = {"relu": False, "normalize": "none", "size": "layer"}
@@ -148,19 +149,7 @@ def test_compiled_once_and_reused_across_calls_and_objects(nnx_model):
 
 
 def test_targets(nnx_model):
-    logits = np.asarray(nnx_model(jnp.asarray(X)))
-    top = camkit.explain(nnx_model, X, layer="conv2")
-    assert top.targets.tolist() == logits.argmax(1).tolist()
-    np.testing.assert_allclose(top.scores, logits.max(1), atol=1e-5)
-    soft = camkit.explain(nnx_model, X, layer="conv2", target=targets.SoftmaxTarget(2))
-    np.testing.assert_allclose(soft.scores, np.asarray(jax.nn.softmax(logits))[:, 2], atol=1e-6)
-    margin = camkit.explain(nnx_model, X, layer="conv2", target=lambda y: y[:, 1] - y[:, 0], **RAW)
-    one = camkit.explain(nnx_model, X, "gradcam", "conv2", target=1, **RAW).cams
-    zero = camkit.explain(nnx_model, X, "gradcam", "conv2", target=0, **RAW).cams
-    np.testing.assert_allclose(margin.cams, one - zero, atol=1e-5)
-    assert margin.targets.tolist() == [-1, -1, -1]
-    with pytest.raises(camkit.TargetError, match="target=7 is out of range: the model has 5"):
-        camkit.explain(nnx_model, X, layer="conv2", target=7)
+    check_class_targets(nnx_model, X, np.asarray(nnx_model(jnp.asarray(X))), "conv2")
 
 
 class Relu(nnx.Module):
