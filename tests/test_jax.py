@@ -14,6 +14,7 @@ from target_checks import check_class_targets  # noqa: E402
 
 import camkit  # noqa: E402
 import camkit_jax  # noqa: E402
+from camkit import targets  # noqa: E402
 from camkit_jax import _provider  # noqa: E402
 
 RAW = {"relu": False, "normalize": "none", "size": "layer"}
@@ -257,3 +258,35 @@ def test_compiled_cache_keeps_no_model_alive():
     del model
     gc.collect()
     assert alive() is None
+
+
+def test_regression_and_segmentation_targets():
+    class Regressor(nnx.Module):
+        def __init__(self, rngs):
+            self.conv = nnx.Conv(3, 4, (3, 3), rngs=rngs)
+            self.out = nnx.Linear(4, 1, rngs=rngs)
+
+        def __call__(self, x):
+            return self.out(nnx.relu(self.conv(x)).mean((1, 2)))
+
+    class Segmenter(nnx.Module):
+        def __init__(self, rngs):
+            self.conv = nnx.Conv(3, 4, (3, 3), rngs=rngs)  # "SAME" padding: 12x12 stays
+            self.head = nnx.Conv(4, 3, (1, 1), rngs=rngs)
+
+        def __call__(self, x):
+            return self.head(nnx.relu(self.conv(x)))
+
+    regressor = Regressor(nnx.Rngs(0))
+    got = camkit.explain(regressor, X, layer="conv", target=targets.RegressionTarget(0))
+    np.testing.assert_allclose(got.scores, np.asarray(regressor(jnp.asarray(X)))[:, 0], atol=1e-5)
+
+    segmenter = Segmenter(nnx.Rngs(0))
+    mask = np.zeros((12, 12), np.float32)
+    mask[2:6, 3:9] = 1
+    got = camkit.explain(segmenter, X, layer="conv", target=targets.SegmentationTarget(2, mask))
+    expected = (np.asarray(segmenter(jnp.asarray(X)))[..., 2] * mask).sum((1, 2))
+    np.testing.assert_allclose(got.scores, expected, rtol=1e-5)
+    assert got.targets.tolist() == [2, 2, 2]
+    with pytest.raises(camkit.TargetError, match="class_index=5 is out of range"):
+        camkit.explain(segmenter, X, layer="conv", target=targets.SegmentationTarget(5))
