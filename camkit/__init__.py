@@ -31,7 +31,14 @@ from ._gradient import (
 )
 from ._overlay import COLORMAPS, image_grid, overlay
 from ._protocol import CLASSIFIER_WEIGHTS, FUSED_PIPELINE, ActivationGradientProvider, Capture
-from ._registry import Backend, BackendInfo, backends, hookimpl, register_backend
+from ._registry import (
+    Backend,
+    BackendInfo,
+    backends,
+    hookimpl,
+    module_available,
+    register_backend,
+)
 
 __version__ = "0.1.0"
 
@@ -66,6 +73,7 @@ __all__ = [
     "hookimpl",
     "image_grid",
     "methods",
+    "module_available",
     "overlay",
     "register_backend",
     "targets",

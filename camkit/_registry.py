@@ -17,7 +17,9 @@ from __future__ import annotations
 
 import importlib
 import importlib.metadata
+import importlib.util
 import os
+import sys
 import threading
 import warnings
 from collections.abc import Callable, Sequence
@@ -35,6 +37,7 @@ __all__ = [
     "BackendInfo",
     "backends",
     "hookimpl",
+    "module_available",
     "provider_for",
     "register_backend",
 ]
@@ -50,6 +53,16 @@ ProviderFactory = Callable[[Any], ActivationGradientProvider]
 
 def _always() -> bool:
     return True
+
+
+def module_available(module: str) -> Callable[[], bool]:
+    """An ``available`` check for :class:`Backend`: whether ``module`` is importable, found
+    without importing it (or already imported)."""
+
+    def available() -> bool:
+        return module in sys.modules or importlib.util.find_spec(module) is not None
+
+    return available
 
 
 @dataclass(frozen=True)

@@ -14,7 +14,6 @@ explained. Models are passed as:
 
 from __future__ import annotations
 
-import importlib.util
 import sys
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -67,9 +66,6 @@ def is_jax_model(model: Any) -> bool:
     return False
 
 
-def _available() -> bool:
-    return "jax" in sys.modules or importlib.util.find_spec("jax") is not None
-
 
 @camkit.hookimpl
 def camkit_backends() -> Sequence[camkit.Backend]:
@@ -78,7 +74,7 @@ def camkit_backends() -> Sequence[camkit.Backend]:
             name="jax",
             provider="camkit_jax._provider:JaxProvider",
             can_handle=is_jax_model,
-            available=_available,
+            available=camkit.module_available("jax"),
             priority=10,
             install="pip install 'camkit[jax]'",
         )

@@ -7,7 +7,6 @@ only when a Keras model is explained.
 
 from __future__ import annotations
 
-import importlib.util
 import sys
 from collections.abc import Sequence
 from typing import Any
@@ -29,9 +28,6 @@ def is_keras_model(model: Any) -> bool:
     return False
 
 
-def _available() -> bool:
-    return "tensorflow" in sys.modules or importlib.util.find_spec("tensorflow") is not None
-
 
 @camkit.hookimpl
 def camkit_backends() -> Sequence[camkit.Backend]:
@@ -40,7 +36,7 @@ def camkit_backends() -> Sequence[camkit.Backend]:
             name="tf",
             provider="camkit_tf._provider:KerasProvider",
             can_handle=is_keras_model,
-            available=_available,
+            available=camkit.module_available("tensorflow"),
             # above torch: a Keras model on the torch Keras backend is also a torch module,
             # and this backend explains what to do with it
             priority=20,

@@ -7,7 +7,6 @@ when a ``torch.nn.Module`` is explained.
 
 from __future__ import annotations
 
-import importlib.util
 import sys
 from collections.abc import Sequence
 from typing import Any
@@ -16,9 +15,6 @@ import camkit
 
 __all__ = ["camkit_backends"]
 
-
-def _available() -> bool:
-    return "torch" in sys.modules or importlib.util.find_spec("torch") is not None
 
 
 def _can_handle(model: Any) -> bool:
@@ -34,7 +30,7 @@ def camkit_backends() -> Sequence[camkit.Backend]:
             name="torch",
             provider="camkit_torch._provider:TorchProvider",
             can_handle=_can_handle,
-            available=_available,
+            available=camkit.module_available("torch"),
             priority=10,
             install="pip install 'camkit[torch]'",
         )
