@@ -185,8 +185,11 @@ class _LinenModel(_BatchedChannelsLast):
         return structure, self.variables, run
 
     def classifier_weights(self) -> Any:
-        kernels = [leaf for path, leaf in jax.tree_util.tree_leaves_with_path(self.variables)
-                   if str(path[-1]).endswith("'kernel']") and np.ndim(leaf) == 2]  # fmt: skip
+        kernels = [
+            leaf
+            for path, leaf in jax.tree_util.tree_leaves_with_path(self.variables)
+            if getattr(path[-1], "key", None) == "kernel" and np.ndim(leaf) == 2
+        ]
         if not kernels:
             raise LayerError("CAM needs a Dense classifier, and the Linen model has none")
         return jnp.asarray(kernels[-1], jnp.float32).T

@@ -161,7 +161,6 @@ class KerasProvider:
         self.keras = keras
         self.model = model
         self._cache = _CACHES.setdefault(model, _ModelCache())
-        self._compiled = self._cache.functions
         self._default_layers: dict[tuple[int, ...], str] = {}
 
     @property
@@ -243,9 +242,10 @@ class KerasProvider:
         x = self._prepare(inputs)
         plan = trace_target(target, int(x.shape[0]))
         key = (tuple(layers), plan.key, gradients)
-        if key not in self._compiled:
-            self._compiled[key] = self._build(tuple(layers), plan.key, gradients)
-        compiled = self._compiled[key]
+        functions = self._cache.functions
+        if key not in functions:
+            functions[key] = self._build(tuple(layers), plan.key, gradients)
+        compiled = functions[key]
         activations, layer_gradients, outputs, scores, indices, softmax_reached = self._forward(
             lambda: compiled(x, tf.constant(plan.indices), tf.constant(plan.mask)), x
         )

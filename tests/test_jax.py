@@ -290,3 +290,9 @@ def test_regression_and_segmentation_targets():
     assert got.targets.tolist() == [2, 2, 2]
     with pytest.raises(camkit.TargetError, match="class_index=5 is out of range"):
         camkit.explain(segmenter, X, layer="conv", target=targets.SegmentationTarget(5))
+
+
+def test_linen_cam_reads_the_last_dense_kernel(nnx_model, linen_model):
+    expected = camkit.explain(nnx_model, X, "cam", "conv2", **RAW).cams
+    got = camkit.explain(linen_model, X, "cam", "conv2", **RAW).cams
+    np.testing.assert_allclose(got, expected, atol=1e-5)
