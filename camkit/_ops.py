@@ -23,6 +23,7 @@ from ._errors import InputError
 
 __all__ = [
     "Fusion",
+    "blur_gaussian",
     "first_principal_projection",
     "fuse",
     "normalize_minmax",
@@ -97,20 +98,48 @@ def _interpolation_matrix(size_out: int, size_in: int) -> np.ndarray:
     return matrix.astype(np.float32)
 
 
+def _separable(x: Array, rows: np.ndarray, cols: np.ndarray) -> Array:
+    """``R @ x @ C^T`` over the last two axes, the host matrices moved to ``x``'s device."""
+    xp = array_namespace(x)
+    where = device(x)
+    left = xp.asarray(rows, dtype=x.dtype, device=where)
+    right = xp.asarray(cols, dtype=x.dtype, device=where)
+    return xp.matmul(xp.matmul(left, x), xp.matrix_transpose(right))
+
+
 def resize_bilinear(maps: Array, size: tuple[int, int]) -> Array:
-    """``(N, h, w) -> (N, H, W)``: bilinear resize as two matrix products, ``R_h @ M @ R_w^T``.
+    """``(..., h, w) -> (..., H, W)``: bilinear resize as two matrix products, ``R_h @ M @ R_w^T``.
 
     The interpolation matrices are built once per shape on the host and moved to the maps'
     device, so the resize needs nothing beyond ``matmul`` and runs in every namespace.
     """
-    xp = array_namespace(maps)
     height, width = (int(s) for s in size)
-    if (height, width) == tuple(maps.shape[1:]):
+    if (height, width) == tuple(maps.shape[-2:]):
         return maps
-    where = device(maps)
-    rows = xp.asarray(_interpolation_matrix(height, maps.shape[1]), dtype=maps.dtype, device=where)
-    cols = xp.asarray(_interpolation_matrix(width, maps.shape[2]), dtype=maps.dtype, device=where)
-    return xp.matmul(xp.matmul(rows, maps), xp.matrix_transpose(cols))
+    rows = _interpolation_matrix(height, maps.shape[-2])
+    return _separable(maps, rows, _interpolation_matrix(width, maps.shape[-1]))
+
+
+@lru_cache(maxsize=16)
+def _gaussian_matrix(size: int, sigma: float) -> np.ndarray:
+    """``(size, size)`` float32 matrix of a 1-D Gaussian blur truncated at ``3 sigma``.
+
+    Each row is renormalized to sum to 1, so pixels near the border average the pixels that
+    exist instead of an imagined padding.
+    """
+    offsets = np.arange(size)[None, :] - np.arange(size)[:, None]
+    weights = np.exp(-0.5 * (offsets / sigma) ** 2) * (np.abs(offsets) <= 3 * sigma)
+    return (weights / weights.sum(axis=1, keepdims=True)).astype(np.float32)
+
+
+def blur_gaussian(images: Array, sigma: float) -> Array:
+    """``(..., H, W) -> (..., H, W)``: a separable Gaussian blur of standard deviation ``sigma``
+    pixels, ``G_H @ X @ G_W^T`` (the blurred baseline of the insertion metric)."""
+    if sigma <= 0:
+        return images
+    height, width = images.shape[-2:]
+    rows = _gaussian_matrix(int(height), float(sigma))
+    return _separable(images, rows, _gaussian_matrix(int(width), float(sigma)))
 
 
 def fuse(maps: Sequence[Array], how: Fusion) -> Array:

@@ -55,9 +55,7 @@ def _as_rgb_uint8(image: Any, argument: str) -> np.ndarray:
     raise InputError(f"{argument} has dtype {array.dtype}; pass uint8 or float in [0, 1]")
 
 
-def overlay(
-    image: Any, cam: Any, alpha: float = 0.5, colormap: str = "jet"
-) -> np.ndarray:
+def overlay(image: Any, cam: Any, alpha: float = 0.5, colormap: str = "jet") -> np.ndarray:
     """Blend a colored map over an image: ``(1 - alpha) * image + alpha * colormap(cam)``.
 
     ``image`` is RGB ``(H, W, 3)`` (or channels-first, or grayscale), uint8 or float in

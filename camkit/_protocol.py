@@ -9,15 +9,25 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol, runtime_checkable
+from typing import Any, Literal, Protocol, runtime_checkable
 
 import numpy as np
 
 from ._targets import Target
 
-__all__ = ["CLASSIFIER_WEIGHTS", "FUSED_PIPELINE", "ActivationGradientProvider", "Capture"]
+__all__ = [
+    "CLASSIFIER_WEIGHTS",
+    "FORWARD_FROM_LAYER",
+    "FORWARD_SCORES",
+    "FUSED_PIPELINE",
+    "ActivationGradientProvider",
+    "Capture",
+    "Precision",
+]
 
 Array = Any
+#: The dtype of the forward passes of the perturbation methods and metrics.
+Precision = Literal["float32", "bfloat16", "float16"]
 
 #: Capability: ``classifier_weights()`` returns the final linear layer's ``(K, C)`` weights (CAM).
 CLASSIFIER_WEIGHTS = "classifier_weights"
@@ -26,6 +36,18 @@ CLASSIFIER_WEIGHTS = "classifier_weights"
 #: (cached by ``key``) and returns ``(cams, capture)``; the capture then needs only ``scores``
 #: and ``indices``.
 FUSED_PIPELINE = "fused_pipeline"
+#: Capability: ``core_inputs(inputs)`` gives the inputs as a channels-first ``(N, C, H, W)``
+#: float32 array of the provider's namespace, ``native_inputs(x)`` turns such an array back
+#: into inputs that ``capture`` takes, and ``forward_scores(x, target, precision=)`` runs the
+#: model, with no capture, on such an array and returns the target's ``ScoredTarget``
+#: (``scores`` ``(N,)``). The Score-CAM family, Smooth Grad-CAM++ and :mod:`camkit.metrics`
+#: need it.
+FORWARD_SCORES = "forward_scores"
+#: Capability: ``forward_from_layer(x, layer, activations, target, precision=)`` runs the
+#: model on one sample ``x`` ``(1, C, H, W)`` (as from ``core_inputs``) with ``layer``'s output
+#: replaced by each of ``activations`` ``(B, C', h, w)`` in turn, and returns the target's
+#: ``ScoredTarget`` for the ``B`` runs. Ablation-CAM needs it.
+FORWARD_FROM_LAYER = "forward_from_layer"
 
 
 @dataclass(frozen=True)
@@ -36,6 +58,9 @@ class Capture:
     ``(N, C, H, W)`` or ``(N, T, C)``; ``gradients`` is ``None`` when none were asked for.
     ``outputs`` are the model's outputs, ``scores`` ``(N,)`` the target's score per sample and
     ``indices`` ``(N,)`` the output index each score was read from (``None`` for a callable).
+
+    The core fills in ``inputs`` (channels-first, from the provider's ``core_inputs``) and
+    ``target`` for the methods that run further forward passes; a provider leaves them ``None``.
     """
 
     activations: tuple[Array, ...]
@@ -43,6 +68,8 @@ class Capture:
     outputs: Array
     scores: Array
     indices: Array | None
+    inputs: Array | None = None
+    target: Target | None = None
 
 
 @runtime_checkable

@@ -258,4 +258,3 @@ def provider_for(
     """The name and a new provider of the backend that handles ``model`` (or of ``backend``)."""
     chosen = _select(model, backend)
     return chosen.name, _REGISTRY.factory(chosen)(model)
-

@@ -31,6 +31,7 @@ __all__ = [
     "TargetLike",
     "TracedTarget",
     "as_target",
+    "rows_target",
     "score_traced",
     "trace_target",
     "validate_target",
@@ -229,6 +230,28 @@ def as_target(target: TargetLike) -> Target:
         f"target={target!r} is not a target; pass None (top-1), a class index, one index per "
         "sample, a camkit.targets object, or a callable written in the model's framework"
     )
+
+
+def rows_target(
+    target: Target, indices: np.ndarray | None, rows: np.ndarray, *, probability: bool
+) -> Target:
+    """``target`` for a batch whose row ``b`` is a perturbed copy of sample ``rows[b]``.
+
+    A class target is pinned to the classes ``indices`` ``(N,)`` it chose on the unperturbed
+    samples (a top-1 target must not follow a perturbed input to another class), as softmax
+    probabilities if ``probability``; a per-sample segmentation mask follows its sample. Other
+    targets score every row the same way and are returned as they are.
+    """
+    if isinstance(target, (ClassTarget, SoftmaxTarget)) and indices is not None:
+        chosen = [int(i) for i in np.asarray(indices)[rows]]
+        if probability or isinstance(target, SoftmaxTarget):
+            return SoftmaxTarget(chosen)
+        return ClassTarget(chosen)
+    if isinstance(target, SegmentationTarget) and getattr(target.mask, "ndim", 0) == 3:
+        xp = array_namespace(target.mask)
+        picked = xp.take(target.mask, xp.asarray(rows, device=device(target.mask)), axis=0)
+        return SegmentationTarget(target.class_index, picked)
+    return target
 
 
 # -- targets in compiled captures -----------------------------------------------------------

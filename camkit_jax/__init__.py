@@ -66,7 +66,6 @@ def is_jax_model(model: Any) -> bool:
     return False
 
 
-
 @camkit.hookimpl
 def camkit_backends() -> Sequence[camkit.Backend]:
     return [

@@ -36,10 +36,24 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from camkit import CLASSIFIER_WEIGHTS, FUSED_PIPELINE, Capture, InputError, LayerError
+from camkit import (
+    CLASSIFIER_WEIGHTS,
+    FORWARD_FROM_LAYER,
+    FORWARD_SCORES,
+    FUSED_PIPELINE,
+    Capture,
+    InputError,
+    LayerError,
+)
 from camkit._errors import CamkitError, closest_names
 from camkit._layers import last_spatial_layer
-from camkit._targets import TracedTarget, score_traced, trace_target, validate_target
+from camkit._targets import (
+    ScoredTarget,
+    TracedTarget,
+    score_traced,
+    trace_target,
+    validate_target,
+)
 from camkit.targets import Target
 
 from . import FunctionSplit, Linen, _is_linen_pair
@@ -329,12 +343,16 @@ class _Perturbation:
 
     With ``last_calls`` it acts on each layer's last call only (a shared layer is captured
     where it is called last); without, it records every call (the last one wins) and counts
-    them in ``seen``.
+    them in ``seen``. With ``replace`` the layer's output is replaced by ``deltas[layer]``.
     """
 
-    def __init__(self, deltas: dict[str, Any] | None, last_calls: dict[str, int] | None) -> None:
+    def __init__(
+        self, deltas: dict[str, Any] | None, last_calls: dict[str, int] | None,
+        replace: bool = False,
+    ) -> None:  # fmt: skip
         self.deltas = deltas
         self.last_calls = last_calls
+        self.replace = replace  # hand on deltas[layer] itself instead of output + delta
         self.seen: Counter[str] = Counter()
         self.recorded: dict[str, Any] = {}
 
@@ -348,7 +366,8 @@ class _Perturbation:
         if self.last_calls is None or self.seen[path] == self.last_calls[path]:
             self.recorded[path] = output
             if self.deltas is not None:
-                output = output + self.deltas[path]
+                delta = self.deltas[path]
+                output = delta.astype(output.dtype) if self.replace else output + delta
         return output
 
 
@@ -373,6 +392,60 @@ def _forward(
     return outputs, recorded, seen
 
 
+def _probe(
+    kind: _Layout, run: Run, params: Any, x: Any, layers: Sequence[str]
+) -> tuple[dict[str, Any], dict[str, int]]:
+    """The layers' output shapes and call counts, from an ``eval_shape`` pass (no compute)."""
+    found: dict[str, Any] = {}
+
+    def shapes() -> Any:
+        _, recorded, seen = _forward(kind, run, params, x, None, None, frozenset(layers))
+        found["calls"] = dict(seen)
+        return recorded
+
+    recorded_shapes = jax.eval_shape(shapes)
+    calls = found["calls"]
+    for path in layers:
+        if calls.get(path, 0) == 0:
+            raise LayerError(
+                f"layer {path!r} was not called during the forward pass; choose a layer that "
+                "the model uses"
+            )
+    return recorded_shapes, calls
+
+
+_DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
+
+
+def _at_precision(params: Any, x: Any, precision: str) -> tuple[Any, Any]:
+    """Parameters and inputs cast to ``precision`` (floating leaves only)."""
+    dtype = _DTYPES[precision]
+    if dtype == jnp.float32:
+        return params, x
+
+    def cast(leaf: Any) -> Any:
+        floating = isinstance(leaf, jax.Array) and jnp.issubdtype(leaf.dtype, jnp.floating)
+        return leaf.astype(dtype) if floating else leaf
+
+    return jax.tree_util.tree_map(cast, params), x.astype(dtype)
+
+
+def _native(x: Any, layout: _Layout) -> Any:
+    """Channels-first core arrays ``(N, C, H, W)`` in the model's own layout."""
+    return jnp.transpose(x, (0, 2, 3, 1)) if layout.channels_last and x.ndim == 4 else x
+
+
+def _identity(path: str, output: Any) -> Any:
+    return output
+
+
+def _scored_outputs(
+    layout: _Layout, key: tuple[Any, ...], outputs: Any, indices: Any, mask: Any
+) -> tuple[Any, Any, Any]:
+    scores, chosen = score_traced(key, outputs, indices, mask, channels_last=layout.channels_last)
+    return outputs, scores.astype(jnp.float32), chosen
+
+
 def _capture(
     kind: _Layout,
     run: Run,
@@ -385,21 +458,7 @@ def _capture(
     """Forward, zero-perturbation gradients and the target's scores, inside a trace."""
     indices, mask, target_key = traced
     wanted = frozenset(layers)
-    probe: dict[str, Any] = {}
-
-    def shapes() -> Any:
-        _, recorded, seen = _forward(kind, run, params, x, None, None, wanted)
-        probe["calls"] = dict(seen)
-        return recorded
-
-    recorded_shapes = jax.eval_shape(shapes)
-    calls = probe["calls"]
-    for path in layers:
-        if calls.get(path, 0) == 0:
-            raise LayerError(
-                f"layer {path!r} was not called during the forward pass; choose a layer that "
-                "the model uses"
-            )
+    recorded_shapes, calls = _probe(kind, run, params, x, layers)
 
     def total_score(deltas: dict[str, Any] | None) -> Any:
         outputs, recorded, _ = _forward(kind, run, params, x, deltas, calls, wanted)
@@ -431,7 +490,9 @@ class JaxProvider:
 
     def __init__(self, model: Any) -> None:
         self.kind = _model_kind(model)
-        self.capabilities = frozenset({FUSED_PIPELINE}) | self.kind.capabilities
+        self.capabilities = (
+            frozenset({FUSED_PIPELINE, FORWARD_SCORES, FORWARD_FROM_LAYER}) | self.kind.capabilities
+        )
         self._default_layers: dict[tuple[int, ...], str] = {}
         self._keys: set[tuple[Any, ...]] = set()
 
@@ -487,6 +548,30 @@ class JaxProvider:
 
     # -- capture --------------------------------------------------------------------------
 
+    def _cached(
+        self, name: tuple[Any, ...], build: Callable[[Run, _Layout], Callable[..., Any]]
+    ) -> tuple[Any, Any]:
+        """The jitted ``build(run, layout)`` for this model structure and ``name``, and the
+        model's parameters to call it with."""
+        structure, params, run = self.kind.split()
+        key = (structure, *name)
+        self._keys.add(key)
+        with _LOCK:
+            if key in _COMPILED:
+                _COMPILED.move_to_end(key)
+                return _COMPILED[key], params
+            # the cache outlives this provider: the closure holds no model, only its layout
+            function = build(run, _Layout(self.kind.per_sample, self.kind.channels_last))
+
+            def counted(*args: Any) -> Any:
+                _TRACES[key] += 1  # Python runs only while JAX traces
+                return function(*args)
+
+            _COMPILED[key] = jax.jit(counted)
+            while len(_COMPILED) > _COMPILED_LIMIT:
+                _COMPILED.popitem(last=False)
+            return _COMPILED[key], params
+
     def _compiled(
         self,
         layers: Sequence[str],
@@ -495,19 +580,8 @@ class JaxProvider:
         pipeline: Callable[[Capture, tuple[int, int]], Any] | None,
         pipeline_key: tuple[Any, ...],
     ) -> tuple[Any, Any]:
-        structure, params, run = self.kind.split()
-        key = (structure, tuple(layers), traced.key, gradients, pipeline_key)
-        self._keys.add(key)
-        with _LOCK:
-            if key in _COMPILED:
-                _COMPILED.move_to_end(key)
-                return _COMPILED[key], params
-
-            # the cache outlives this provider: the closure holds no model, only its layout
-            layout = _Layout(self.kind.per_sample, self.kind.channels_last)
-
+        def build(run: Run, layout: _Layout) -> Callable[..., Any]:
             def compiled(params: Any, x: Any, indices: Any, mask: Any) -> Any:
-                _TRACES[key] += 1  # Python runs only while JAX traces
                 capture = _capture(
                     layout, run, params, x, (indices, mask, traced.key), tuple(layers),
                     gradients,
@@ -518,10 +592,9 @@ class JaxProvider:
                 cams = pipeline(capture, _input_size(x, layout.channels_last))
                 return cams, capture.outputs, capture.scores, capture.indices
 
-            _COMPILED[key] = jax.jit(compiled)
-            while len(_COMPILED) > _COMPILED_LIMIT:
-                _COMPILED.popitem(last=False)
-            return _COMPILED[key], params
+            return compiled
+
+        return self._cached((tuple(layers), traced.key, gradients, pipeline_key), build)
 
     def _run(self, inputs: Any, layers: Sequence[str], target: Target, gradients: bool,
              pipeline: Any, pipeline_key: tuple[Any, ...]) -> tuple[Any, Any]:  # fmt: skip
@@ -555,6 +628,82 @@ class JaxProvider:
             inputs, layers, target, gradients, pipeline, key
         )
         return cams, Capture((), None, outputs, scores, indices)
+
+    # -- forward passes without capture (perturbation methods, metrics) ---------------------
+
+    def core_inputs(self, inputs: Any) -> Any:
+        """The validated inputs as a channels-first ``(N, C, H, W)`` float32 array."""
+        x = self._prepare(inputs).astype(jnp.float32)
+        return _channels_first(x) if self.kind.channels_last else x
+
+    def native_inputs(self, x: Any) -> Any:
+        """Channels-first inputs back in the model's own layout, for ``capture``."""
+        return _native(x, _Layout(self.kind.per_sample, self.kind.channels_last))
+
+    def _scored(self, result: Any, target: Target, traced: TracedTarget) -> ScoredTarget:
+        outputs, scores, chosen = result
+        validate_target(target, np.asarray(outputs), channels_last=self.kind.channels_last)
+        return ScoredTarget(scores, None if traced.key[0] == "callable" else chosen)
+
+    def forward_scores(self, x: Any, target: Target, *, precision: str) -> ScoredTarget:
+        """The target's scores of a channels-first batch (as from ``core_inputs``), jitted."""
+        traced = trace_target(target, int(x.shape[0]))
+
+        def build(run: Run, layout: _Layout) -> Callable[..., Any]:
+            def forward(params: Any, x: Any, indices: Any, mask: Any) -> Any:
+                params, x = _at_precision(params, x, precision)
+                native = _native(x, layout)
+                if layout.per_sample:
+                    outputs = jax.vmap(lambda s: run(params, s, _identity, frozenset()))(native)
+                else:
+                    outputs = run(params, native, _identity, frozenset())
+                return _scored_outputs(layout, traced.key, outputs, indices, mask)
+
+            return forward
+
+        compiled, params = self._cached(("forward", traced.key, precision), build)
+        result = self._guard(
+            lambda: compiled(params, x, jnp.asarray(traced.indices), jnp.asarray(traced.mask)), x
+        )
+        return self._scored(result, target, traced)
+
+    def forward_from_layer(
+        self, x: Any, layer: str, activations: Any, target: Target, *, precision: str
+    ) -> ScoredTarget:
+        """Scores of one sample ``x`` ``(1, ...)`` with ``layer``'s output (at its last call)
+        replaced by each row of ``activations`` ``(B, ...)``.
+
+        The replacements are ``vmap``-ped while the sample is not, so the network up to the
+        layer runs once and only the rest runs ``B`` times.
+        """
+        traced = trace_target(target, int(activations.shape[0]))
+
+        def build(run: Run, layout: _Layout) -> Callable[..., Any]:
+            def from_layer(params: Any, x: Any, replacements: Any, indices: Any, mask: Any) -> Any:
+                params, x = _at_precision(params, x, precision)
+                native, rows = _native(x, layout), _native(replacements, layout)
+                sample = native[0] if layout.per_sample else native
+                _, calls = _probe(layout, run, params, native, [layer])
+
+                def one(row: Any) -> Any:
+                    replace = _Perturbation({layer: row if layout.per_sample else row[None]},
+                                            calls, replace=True)  # fmt: skip
+                    outputs = run(params, sample, replace, frozenset([layer]))
+                    return outputs if layout.per_sample else outputs[0]
+
+                outputs = jax.vmap(one)(rows)
+                return _scored_outputs(layout, traced.key, outputs, indices, mask)
+
+            return from_layer
+
+        compiled, params = self._cached(("from_layer", layer, traced.key, precision), build)
+        result = self._guard(
+            lambda: compiled(
+                params, x, activations, jnp.asarray(traced.indices), jnp.asarray(traced.mask)
+            ),
+            x,
+        )
+        return self._scored(result, target, traced)
 
     # -- helpers --------------------------------------------------------------------------
 

@@ -28,7 +28,6 @@ def is_keras_model(model: Any) -> bool:
     return False
 
 
-
 @camkit.hookimpl
 def camkit_backends() -> Sequence[camkit.Backend]:
     return [

@@ -33,10 +33,17 @@ from typing import Any
 import numpy as np
 import tensorflow as tf
 
-from camkit import CLASSIFIER_WEIGHTS, Capture, InputError, LayerError
-from camkit._errors import BackendError, CamkitError, closest_names
+from camkit import (
+    CLASSIFIER_WEIGHTS,
+    FORWARD_FROM_LAYER,
+    FORWARD_SCORES,
+    Capture,
+    InputError,
+    LayerError,
+)
+from camkit._errors import BackendError, CamkitError, CapabilityError, closest_names
 from camkit._layers import last_spatial_layer
-from camkit._targets import trace_target, validate_target
+from camkit._targets import ScoredTarget, TracedTarget, trace_target, validate_target
 from camkit.targets import Target
 
 __all__ = ["KerasProvider"]
@@ -102,6 +109,7 @@ class _ModelCache:
 
     functions: dict[tuple[Any, ...], Any] = field(default_factory=dict)
     traces: int = 0
+    repeats_prefix: set[str] = field(default_factory=set)  # layers whose prefix can't broadcast
 
 
 # per model, weakly: one-call camkit.explain reuses the compiled capture of an earlier call
@@ -145,7 +153,7 @@ def _channels_first(array: np.ndarray) -> np.ndarray:
 class KerasProvider:
     """Captures activations and gradients of a Keras model running on TensorFlow."""
 
-    capabilities = frozenset({CLASSIFIER_WEIGHTS})
+    capabilities = frozenset({CLASSIFIER_WEIGHTS, FORWARD_SCORES, FORWARD_FROM_LAYER})
 
     def __init__(self, model: Any) -> None:
         keras = _keras_module(model)
@@ -316,6 +324,113 @@ class KerasProvider:
             return activations, grads, outputs, scores, chosen_indices, final is not None
 
         return tf.function(capture)
+
+    # -- forward passes without capture (perturbation methods, metrics) ---------------------
+
+    def core_inputs(self, inputs: Any) -> np.ndarray:
+        """The validated inputs as a channels-first ``(N, C, H, W)`` float32 numpy array."""
+        return _channels_first(self._prepare(inputs).numpy())
+
+    def native_inputs(self, x: np.ndarray) -> np.ndarray:
+        """Channels-first inputs back in Keras' channels-last layout, for ``capture``."""
+        return np.ascontiguousarray(np.moveaxis(np.asarray(x), 1, -1))
+
+    def _compiled_forward(self, key: tuple[Any, ...], layer: str | None, target_key: Any) -> Any:
+        """A cached ``tf.function`` of the forward pass and the target's scores; with ``layer``
+        the layer's output is replaced by the ``replacement`` argument."""
+        functions = self._cache.functions
+        if key in functions:
+            return functions[key]
+        model_ref = weakref.ref(self.model)  # cached with the model: must not keep it alive
+        chosen = {} if layer is None else {layer: self._layers()[layer]}
+        logits_of = functools.partial(_logits_of, self.keras, self._final_softmax_layer())
+        cache = self._cache
+
+        def forward(x: Any, replacement: Any, indices: Any, mask: Any) -> Any:
+            cache.traces += 1
+            model = model_ref()
+            if model is None:
+                raise RuntimeError("the Keras model of this forward pass was garbage-collected")
+            called: list[str] = []
+
+            def replace(path: str, call: Callable[..., Any]) -> Callable[..., Any]:
+                def replacing_call(*args: Any, **kwargs: Any) -> Any:
+                    output = call(*args, **kwargs)
+                    called.append(path)
+                    return tf.cast(replacement, output.dtype)
+
+                return replacing_call
+
+            with _shadow_calls(chosen, replace), logits_of():
+                outputs = model(tf.transpose(x, (0, 2, 3, 1)), training=False)
+            if layer is not None and not called:
+                raise LayerError(
+                    f"layer {layer!r} was not called during the forward pass; choose a layer "
+                    "that the model uses"
+                )
+            scores, chosen_indices = _score(target_key, outputs, indices, mask)
+            return outputs, scores, chosen_indices
+
+        functions[key] = tf.function(forward, reduce_retracing=True)
+        return functions[key]
+
+    def _run_forward(
+        self, compiled: Any, x: Any, replacement: Any, target: Target, plan: TracedTarget
+    ) -> ScoredTarget:
+        outputs, scores, indices = self._forward(
+            lambda: compiled(x, replacement, tf.constant(plan.indices), tf.constant(plan.mask)), x
+        )
+        validate_target(target, outputs.numpy(), channels_last=True)
+        callable_target = plan.key[0] == "callable"
+        return ScoredTarget(
+            scores.numpy().astype(np.float32),
+            None if callable_target else indices.numpy().astype(np.int64),
+        )
+
+    @staticmethod
+    def _check_precision(precision: str) -> None:
+        if precision != "float32":
+            raise CapabilityError(
+                f"precision={precision!r}: the tf backend runs a Keras model in the dtype policy "
+                "it was built with; build it under keras.mixed_precision.set_global_policy("
+                "'mixed_float16') for half-precision passes, and pass precision='float32'"
+            )
+
+    def forward_scores(self, x: np.ndarray, target: Target, *, precision: str) -> ScoredTarget:
+        """The target's scores of a channels-first batch (as from ``core_inputs``), compiled."""
+        self._check_precision(precision)
+        plan = trace_target(target, int(x.shape[0]))
+        compiled = self._compiled_forward(("forward", plan.key), None, plan.key)
+        return self._run_forward(compiled, tf.constant(x), tf.zeros(()), target, plan)
+
+    def forward_from_layer(
+        self, x: np.ndarray, layer: str, activations: np.ndarray, target: Target,
+        *, precision: str,
+    ) -> ScoredTarget:  # fmt: skip
+        """Scores of one sample ``x`` ``(1, ...)`` with ``layer``'s output replaced by each row
+        of ``activations`` ``(B, ...)`` (at every call of the layer).
+
+        The model runs on the one sample and the layer hands on the ``B`` replacements, so the
+        prefix runs once; where a later layer cannot broadcast an earlier one-sample tensor
+        (a concatenation) the model runs on ``B`` copies instead, remembered per model.
+        """
+        self._check_precision(precision)
+        count = int(activations.shape[0])
+        plan = trace_target(target, count)
+        compiled = self._compiled_forward(("from_layer", layer, plan.key), layer, plan.key)
+        replacement = tf.constant(
+            np.moveaxis(activations, 1, -1) if activations.ndim == 4 else activations
+        )
+        if layer not in self._cache.repeats_prefix:
+            try:
+                scored = self._run_forward(compiled, tf.constant(x), replacement, target, plan)
+                if scored.scores.shape[0] == count:
+                    return scored
+            except InputError:
+                pass
+            self._cache.repeats_prefix.add(layer)
+        copies = tf.constant(np.repeat(x, count, axis=0))
+        return self._run_forward(compiled, copies, replacement, target, plan)
 
     def _final_softmax_layer(self) -> Any | None:
         """The model's last layer if it applies a softmax that can be left out, else None."""

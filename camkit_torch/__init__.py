@@ -16,7 +16,6 @@ import camkit
 __all__ = ["camkit_backends"]
 
 
-
 def _can_handle(model: Any) -> bool:
     # A torch model can only exist if torch is already imported: check before isinstance.
     torch = sys.modules.get("torch")

@@ -33,6 +33,8 @@ import torch
 
 from camkit import (
     CLASSIFIER_WEIGHTS,
+    FORWARD_FROM_LAYER,
+    FORWARD_SCORES,
     BackendError,
     Capture,
     InputError,
@@ -41,6 +43,7 @@ from camkit import (
 )
 from camkit._errors import closest_names
 from camkit._layers import last_spatial_layer
+from camkit._targets import ScoredTarget
 from camkit.targets import CallableTarget, Target
 
 __all__ = ["TorchProvider"]
@@ -52,6 +55,7 @@ class _ModelFacts:
     def __init__(self) -> None:
         self.calls: dict[str, int] = {}  # module name -> calls per forward
         self.default_layers: dict[tuple[int, ...], str] = {}  # input shape -> automatic layer
+        self.repeats_prefix: set[str] = set()  # layers whose prefix cannot run on one sample
 
 
 _FACTS: weakref.WeakKeyDictionary[torch.nn.Module, _ModelFacts] = weakref.WeakKeyDictionary()
@@ -70,7 +74,7 @@ class TorchProvider:
             each capture and restore every submodule's own mode afterwards.
     """
 
-    capabilities = frozenset({CLASSIFIER_WEIGHTS})
+    capabilities = frozenset({CLASSIFIER_WEIGHTS, FORWARD_SCORES, FORWARD_FROM_LAYER})
 
     def __init__(self, model: Any, *, eval_mode: bool = True) -> None:
         if not isinstance(model, torch.nn.Module):
@@ -141,9 +145,7 @@ class TorchProvider:
             for handle in handles:
                 handle.remove()
         self._facts.calls.update(Counter(name for name, _ in calls))
-        name = last_spatial_layer(
-            calls, _is_feature_map, type(self.model).__name__, tuple(x.shape)
-        )
+        name = last_spatial_layer(calls, _is_feature_map, type(self.model).__name__, tuple(x.shape))
         self._facts.default_layers[tuple(x.shape)] = name
         return name
 
@@ -254,7 +256,96 @@ class TorchProvider:
                 )
         return grads
 
+    # -- forward passes without capture (perturbation methods, metrics) ---------------------
+
+    def core_inputs(self, inputs: Any) -> torch.Tensor:
+        """The validated inputs, ``(N, C, H, W)`` float32 on the model's device."""
+        return self._prepare(inputs).float()
+
+    def native_inputs(self, x: torch.Tensor) -> torch.Tensor:
+        """Channels-first float32 inputs in the model's dtype, for ``capture``."""
+        return self._model_dtype(x)
+
+    @contextlib.contextmanager
+    def _scoring(self, precision: str, device: torch.device) -> Iterator[None]:
+        """Eval mode, no autograd, and autocast to ``precision`` where it is not float32."""
+        grad_mode = torch.is_grad_enabled()
+        try:
+            with self._evaluating(), torch.no_grad():
+                if precision == "float32":
+                    yield
+                    return
+                dtype = torch.bfloat16 if precision == "bfloat16" else torch.float16
+                with torch.autocast(device_type=device.type, dtype=dtype):
+                    yield
+        finally:
+            torch.set_grad_enabled(grad_mode)
+
+    def _scored(self, outputs: Any, target: Target) -> ScoredTarget:
+        self._check_outputs(outputs, target)
+        if isinstance(outputs, torch.Tensor) and outputs.is_floating_point():
+            outputs = outputs.float()
+        scored = target.resolve(outputs)
+        return ScoredTarget(scored.scores.float(), scored.indices)
+
+    def forward_scores(self, x: torch.Tensor, target: Target, *, precision: str) -> ScoredTarget:
+        """The target's scores of a channels-first batch (as from ``core_inputs``)."""
+        with self._scoring(precision, x.device):
+            return self._scored(self._forward(self._model_dtype(x)), target)
+
+    def forward_from_layer(
+        self, x: torch.Tensor, layer: str, activations: torch.Tensor, target: Target,
+        *, precision: str,
+    ) -> ScoredTarget:  # fmt: skip
+        """Scores of one sample ``x`` ``(1, ...)`` with ``layer``'s output replaced by each row
+        of ``activations`` ``(B, ...)``.
+
+        The forward runs on the one sample up to the layer, whose hook hands on the ``B``
+        replacements, so the prefix runs once; a model whose later layers mix in earlier
+        tensors that cannot broadcast from one sample (a concatenation) is run on ``B`` copies
+        instead, which is remembered per model.
+        """
+        module = self._modules()[layer]
+        expected = self._facts.calls.get(layer, 1)
+        calls: Counter[str] = Counter()
+
+        def replace(module: torch.nn.Module, args: Any, output: Any) -> Any:
+            calls[layer] += 1
+            if calls[layer] == expected:
+                return activations.to(output.dtype)
+            return None
+
+        count = activations.shape[0]
+        x = self._model_dtype(x)
+        handle = module.register_forward_hook(replace)
+        try:
+            with self._scoring(precision, x.device):
+                outputs: Any = None
+                if layer not in self._facts.repeats_prefix:
+                    try:
+                        outputs = self.model(x)
+                    except RuntimeError:
+                        outputs = None
+                    if not isinstance(outputs, torch.Tensor) or outputs.shape[0] != count:
+                        self._facts.repeats_prefix.add(layer)
+                        outputs = None
+                if outputs is None:
+                    calls.clear()
+                    outputs = self._forward(x.expand(count, *x.shape[1:]))
+                if calls[layer] == 0:
+                    raise LayerError(
+                        f"layer {layer!r} was not called during the forward pass of "
+                        f"{type(self.model).__name__}; choose a layer that the forward pass uses"
+                    )
+                return self._scored(outputs, target)
+        finally:
+            handle.remove()
+
     # -- helpers --------------------------------------------------------------------------
+
+    def _model_dtype(self, x: torch.Tensor) -> torch.Tensor:
+        reference = self._reference()
+        return x if reference is None else x.to(reference.dtype)
 
     def _forward(self, x: torch.Tensor) -> Any:
         try:

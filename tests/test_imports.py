@@ -29,6 +29,7 @@ def imported_after(statement: str) -> list[str]:
         "import camkit_tf",
         "import camkit_jax",
         "import camkit, camkit.targets; camkit.explain.__doc__",
+        "import camkit.metrics",
     ],
 )
 def test_no_framework_is_imported(statement):
@@ -42,5 +43,6 @@ def test_public_names_are_importable():
         assert hasattr(camkit, name), name
     assert set(camkit.methods()) == {
         "cam", "gradcam", "gradcam++", "xgradcam", "hirescam", "gradcam-elementwise",
-        "layercam", "eigencam", "eigengradcam",
+        "layercam", "eigencam", "eigengradcam", "smoothgradcam++", "scorecam", "sscam",
+        "iscam", "fasterscorecam", "ablationcam",
     }  # fmt: skip

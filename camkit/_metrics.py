@@ -1,0 +1,421 @@
+"""Faithfulness and localization metrics of saliency maps, on every backend.
+
+The model-based metrics perturb the inputs with a map and score the perturbed inputs through
+the backend's ``forward_scores`` (batched, on the model's device, no capture hooks); the
+localization metrics compare maps with boxes or masks on the host. Maps are ``(N, H, W)`` at the
+inputs' resolution (an :class:`~camkit.Explanation` or an array); inputs are as the model takes
+them. Every result holds per-sample values and their mean.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import numpy as np
+from array_api_compat import array_namespace, device
+
+from . import _ops
+from ._base import Explanation
+from ._errors import CapabilityError, InputError
+from ._progress import Progress
+from ._protocol import FORWARD_SCORES, Precision
+from ._registry import provider_for
+from ._targets import TargetLike, as_target, rows_target
+
+__all__ = [
+    "ConfidenceChange",
+    "Curves",
+    "EnergyPointing",
+    "PointingGame",
+    "confidence_change",
+    "deletion",
+    "energy_pointing_game",
+    "insertion",
+    "pointing_game",
+    "quantus_attributions",
+]
+
+Array = Any
+Baseline = float | Literal["blur"] | Any
+Score = Literal["probability", "target"]
+Regions = Any  # per sample: a mask (H, W), a box (x0, y0, x1, y1) or a sequence of boxes
+
+
+def _maps(cams: Explanation | Any, argument: str = "cams") -> np.ndarray:
+    maps = cams.cams if isinstance(cams, Explanation) else np.asarray(cams)
+    if maps.ndim != 3:
+        raise InputError(
+            f"{argument} has shape {maps.shape}; expected maps (N, H, W) or a camkit.Explanation"
+        )
+    return maps.astype(np.float32, copy=False)
+
+
+@dataclass(frozen=True)
+class _Scoring:
+    """A model's provider, its channels-first inputs and the target pinned per sample."""
+
+    provider: Any
+    inputs: Array
+    target: Any
+    indices: np.ndarray | None
+    probability: bool
+
+    @classmethod
+    def of(
+        cls, model: Any, inputs: Any, target: TargetLike, backend: str | None, score: Score
+    ) -> _Scoring:
+        if score not in ("probability", "target"):
+            raise InputError(f"score={score!r} is not valid; use 'probability' or 'target'")
+        name, found = provider_for(model, backend)
+        provider: Any = found
+        if FORWARD_SCORES not in provider.capabilities:
+            raise CapabilityError(
+                f"camkit.metrics needs the capability {FORWARD_SCORES!r}, which the {name!r} "
+                f"backend does not provide for {type(model).__qualname__}"
+            )
+        x = provider.core_inputs(inputs)
+        chosen = as_target(target)
+        scored = provider.forward_scores(x, chosen, precision="float32")
+        indices = None if scored.indices is None else provider.to_numpy(scored.indices)
+        return cls(provider, x, chosen, indices, score == "probability")
+
+    def check(self, maps: np.ndarray) -> None:
+        expected = (self.inputs.shape[0], *self.inputs.shape[-2:])
+        if maps.shape != tuple(expected):
+            raise InputError(
+                f"cams have shape {maps.shape} but the inputs need {tuple(expected)} (N, H, W); "
+                "explain with size='input', or pass maps at the inputs' resolution"
+            )
+
+    def scores(self, images: Array, rows: np.ndarray, precision: Precision) -> Array:
+        """The pinned target's scores of ``images``, whose row ``b`` derives from ``rows[b]``."""
+        target = rows_target(self.target, self.indices, rows, probability=self.probability)
+        return self.provider.forward_scores(images, target, precision=precision).scores
+
+    def on_device(self, array: np.ndarray) -> Array:
+        xp = array_namespace(self.inputs)
+        return xp.asarray(array, dtype=self.inputs.dtype, device=device(self.inputs))
+
+    def host(self, array: Array) -> np.ndarray:
+        return np.asarray(self.provider.to_numpy(array), dtype=np.float32)
+
+
+@dataclass(frozen=True)
+class Curves:
+    """Deletion or insertion curves.
+
+    ``fractions`` ``(S + 1,)`` the fraction of pixels changed at each step; ``scores``
+    ``(N, S + 1)`` the target's score there; ``auc`` ``(N,)`` the area under each curve
+    (trapezoidal rule over ``fractions``); ``targets`` ``(N,)`` the class each score is of
+    (``-1`` where the target has none).
+    """
+
+    fractions: np.ndarray
+    scores: np.ndarray
+    auc: np.ndarray
+    targets: np.ndarray
+
+    @property
+    def mean(self) -> float:
+        """The mean AUC over the samples."""
+        return float(np.mean(self.auc))
+
+
+def _baseline(scoring: _Scoring, baseline: Baseline, blur_sigma: float) -> Array:
+    x = scoring.inputs
+    if isinstance(baseline, str):
+        if baseline != "blur":
+            raise InputError(
+                f"baseline={baseline!r} is not valid; use 'blur', a number or an array shaped "
+                "like the inputs (channels-first)"
+            )
+        return _ops.blur_gaussian(x, blur_sigma)
+    if isinstance(baseline, (int, float)):
+        return x * 0 + float(baseline)
+    values = scoring.on_device(np.asarray(baseline, dtype=np.float32))
+    return x * 0 + values
+
+
+def _curves(
+    model: Any, inputs: Any, cams: Explanation | Any, target: TargetLike, *, insert: bool,
+    steps: int, baseline: Baseline, blur_sigma: float, score: Score, batch_size: int,
+    backend: str | None, precision: Precision, progress: bool | None,
+) -> Curves:  # fmt: skip
+    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
+        raise InputError(f"steps={steps!r} is not valid; use a positive integer")
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise InputError(f"batch_size={batch_size!r} is not valid; use a positive integer")
+    maps = _maps(cams)
+    scoring = _Scoring.of(model, inputs, target, backend, score)
+    scoring.check(maps)
+    x = scoring.inputs
+    xp = array_namespace(x)
+    count, pixels = maps.shape[0], maps.shape[1] * maps.shape[2]
+    # rank[n, p]: position of pixel p when sorted by saliency, most salient first (stable)
+    order = np.argsort(-maps.reshape(count, pixels), axis=1, kind="stable")
+    rank = np.empty_like(order)
+    np.put_along_axis(rank, order, np.arange(pixels)[None, :], axis=1)
+    ranks = scoring.on_device(rank.reshape(maps.shape).astype(np.float32))
+    changed_counts = (np.arange(steps + 1) * pixels) // steps
+    start_images = x if not insert else _baseline(scoring, baseline, blur_sigma)
+    end_images = _baseline(scoring, baseline, blur_sigma) if not insert else x
+    points = count * (steps + 1)
+    meter = Progress("insertion" if insert else "deletion", points, progress)
+    chunks = []
+    try:
+        for start in range(0, points, batch_size):
+            pairs = np.arange(start, min(start + batch_size, points))
+            rows, step_ids = pairs // (steps + 1), pairs % (steps + 1)
+            where = xp.asarray(rows, device=device(x))
+            limits = scoring.on_device(changed_counts[step_ids].astype(np.float32))
+            changed = xp.astype(xp.take(ranks, where, axis=0) < limits[:, None, None], x.dtype)
+            first, last = xp.take(start_images, where, axis=0), xp.take(end_images, where, axis=0)
+            images = first + changed[:, None, :, :] * (last - first)
+            chunks.append(scoring.scores(images, rows, precision))
+            meter.advance(len(pairs))
+    finally:
+        meter.close()
+    curve = scoring.host(xp.concat(chunks)).reshape(count, steps + 1)
+    auc = (curve.sum(axis=1) - (curve[:, 0] + curve[:, -1]) / 2) / steps
+    targets = np.full(count, -1) if scoring.indices is None else scoring.indices
+    return Curves(
+        fractions=changed_counts / pixels, scores=curve, auc=auc, targets=targets.astype(np.int64)
+    )
+
+
+def deletion(
+    model: Any,
+    inputs: Any,
+    cams: Explanation | Any,
+    target: TargetLike = None,
+    *,
+    steps: int = 50,
+    baseline: Baseline = 0.0,
+    blur_sigma: float = 5.0,
+    score: Score = "probability",
+    batch_size: int = 32,
+    backend: str | None = None,
+    precision: Precision = "float32",
+    progress: bool | None = None,
+) -> Curves:
+    """The deletion curve: the score as the most salient pixels are removed first.
+
+    At step ``i = 0..steps`` the ``floor(i * HW / steps)`` pixels of highest saliency are
+    replaced by the baseline (all channels), ``X_i = X + m_i * (B - X)``; the curve is the
+    target's score of ``X_i`` and its area (trapezoidal, over the fraction removed) is lower for
+    a more faithful map. ``score="probability"`` scores a class target by its softmax
+    probability (the paper's choice), ``"target"`` by the target itself.
+
+    Args:
+        model, inputs: as for :func:`camkit.explain`.
+        cams: the maps ``(N, H, W)`` at the inputs' resolution, or an Explanation.
+        target: what to score; a top-1 target is pinned to each sample's class on the
+            unperturbed input.
+        baseline: what removed pixels become: a number, ``"blur"`` (the input blurred with a
+            Gaussian of ``blur_sigma`` pixels) or an array shaped like the channels-first inputs.
+        batch_size: perturbed inputs per forward pass.
+
+    Petsiuk et al., "RISE: Randomized Input Sampling for Explanation of Black-box Models",
+    BMVC 2018, section 4.1.
+    """
+    return _curves(
+        model, inputs, cams, target, insert=False, steps=steps, baseline=baseline,
+        blur_sigma=blur_sigma, score=score, batch_size=batch_size, backend=backend,
+        precision=precision, progress=progress,
+    )  # fmt: skip
+
+
+def insertion(
+    model: Any,
+    inputs: Any,
+    cams: Explanation | Any,
+    target: TargetLike = None,
+    *,
+    steps: int = 50,
+    baseline: Baseline = "blur",
+    blur_sigma: float = 5.0,
+    score: Score = "probability",
+    batch_size: int = 32,
+    backend: str | None = None,
+    precision: Precision = "float32",
+    progress: bool | None = None,
+) -> Curves:
+    """The insertion curve: the score as the most salient pixels are put back first.
+
+    Starting from the baseline (by default the input blurred with a Gaussian of ``blur_sigma``
+    pixels), step ``i`` restores the ``floor(i * HW / steps)`` pixels of highest saliency,
+    ``X_i = B + m_i * (X - B)``; a higher area means a more faithful map. Arguments as for
+    :func:`deletion`.
+
+    Petsiuk et al., "RISE: Randomized Input Sampling for Explanation of Black-box Models",
+    BMVC 2018, section 4.1.
+    """
+    return _curves(
+        model, inputs, cams, target, insert=True, steps=steps, baseline=baseline,
+        blur_sigma=blur_sigma, score=score, batch_size=batch_size, backend=backend,
+        precision=precision, progress=progress,
+    )  # fmt: skip
+
+
+@dataclass(frozen=True)
+class ConfidenceChange:
+    """Average drop and increase in confidence.
+
+    ``original`` ``(N,)`` the score ``Y`` of each input; ``explained`` ``(N,)`` the score ``O``
+    of the input multiplied by its map; ``drop`` ``(N,)`` ``max(0, Y - O) / Y``; ``increased``
+    ``(N,)`` whether ``O > Y``. ``average_drop`` and ``increase_in_confidence`` are their means
+    in percent (lower and higher is better).
+    """
+
+    original: np.ndarray
+    explained: np.ndarray
+    drop: np.ndarray
+    increased: np.ndarray
+
+    @property
+    def average_drop(self) -> float:
+        return float(100 * np.mean(self.drop))
+
+    @property
+    def increase_in_confidence(self) -> float:
+        return float(100 * np.mean(self.increased))
+
+
+def confidence_change(
+    model: Any,
+    inputs: Any,
+    cams: Explanation | Any,
+    target: TargetLike = None,
+    *,
+    score: Score = "probability",
+    batch_size: int = 32,
+    backend: str | None = None,
+    precision: Precision = "float32",
+) -> ConfidenceChange:
+    """Average drop ``(1/N) sum_n max(0, Y_n - O_n) / Y_n`` and increase in confidence
+    ``(1/N) sum_n [O_n > Y_n]``, where ``Y_n`` is the score of the input and ``O_n`` that of
+    the explanation map ``X_n * M_n`` (maps in ``[0, 1]``, as normalized).
+
+    Chattopadhay et al., "Grad-CAM++", WACV 2018, section 5.1 (eqs. 20-21).
+    """
+    maps = _maps(cams)
+    scoring = _Scoring.of(model, inputs, target, backend, score)
+    scoring.check(maps)
+    x = scoring.inputs
+    xp = array_namespace(x)
+    weights = scoring.on_device(maps)[:, None, :, :]
+    half = max(1, batch_size // 2)  # each pass scores an input and its explanation map
+    original, explained = [], []
+    for start in range(0, maps.shape[0], half):
+        rows = np.arange(start, min(start + half, maps.shape[0]))
+        chunk = x[start : start + half]
+        both = xp.concat([chunk, chunk * weights[start : start + half]])
+        scores = scoring.host(scoring.scores(both, np.concatenate([rows, rows]), precision))
+        original.append(scores[: len(rows)])
+        explained.append(scores[len(rows) :])
+    y, o = np.concatenate(original), np.concatenate(explained)
+    drop = np.where(y != 0, np.maximum(y - o, 0) / np.where(y != 0, y, 1), 0.0)
+    return ConfidenceChange(original=y, explained=o, drop=drop, increased=o > y)
+
+
+def _region_masks(regions: Regions, shape: tuple[int, int, int]) -> np.ndarray:
+    """Boolean ``(N, H, W)`` masks from masks ``(N, H, W)``, boxes ``(N, 4)``, or one item per
+    sample (a mask ``(H, W)``, a box, or a sequence of boxes).
+
+    A box is ``(x0, y0, x1, y1)`` in pixels, ``x1`` and ``y1`` exclusive.
+    """
+    count, height, width = shape
+    items = list(np.asarray(regions)) if hasattr(regions, "shape") else list(regions)
+    if len(items) != count:
+        raise InputError(
+            f"regions hold {len(items)} items for {count} maps; give one mask (H, W), box "
+            "(x0, y0, x1, y1) or sequence of boxes per map"
+        )
+    masks = np.zeros(shape, dtype=bool)
+    for n, item in enumerate(items):
+        array = np.asarray(item)
+        if array.shape == (height, width):
+            masks[n] = array.astype(bool)
+            continue
+        if array.size == 0 or array.size % 4:
+            raise InputError(
+                f"regions[{n}] has shape {array.shape}; expected a mask ({height}, {width}), a "
+                "box (x0, y0, x1, y1) or a sequence of boxes"
+            )
+        for x0, y0, x1, y1 in np.rint(array.reshape(-1, 4)).astype(np.int64):
+            masks[n, max(y0, 0) : min(y1, height), max(x0, 0) : min(x1, width)] = True
+    return masks
+
+
+@dataclass(frozen=True)
+class PointingGame:
+    """``hits`` ``(N,)``: whether each map's maximum falls on its region; ``accuracy`` their
+    mean (hits / (hits + misses))."""
+
+    hits: np.ndarray
+
+    @property
+    def accuracy(self) -> float:
+        return float(np.mean(self.hits))
+
+
+def pointing_game(
+    cams: Explanation | Any, regions: Regions, *, tolerance: float = 15.0
+) -> PointingGame:
+    """The pointing game: a hit when the map's maximum lies within ``tolerance`` pixels of the
+    region (a box, several boxes or a mask per sample); the first maximum in row-major order
+    when several pixels tie.
+
+    Zhang et al., "Top-down Neural Attention by Excitation Backprop", ECCV 2016 / IJCV 2018,
+    section 5.1 (15-pixel tolerance).
+    """
+    maps = _maps(cams)
+    masks = _region_masks(regions, maps.shape)
+    hits = np.zeros(maps.shape[0], dtype=bool)
+    for n, (cam, mask) in enumerate(zip(maps, masks, strict=True)):
+        peak = np.array(np.unravel_index(np.argmax(cam), cam.shape))
+        inside = np.argwhere(mask)
+        if len(inside):
+            hits[n] = np.min(np.hypot(*(inside - peak).T)) <= tolerance
+    return PointingGame(hits=hits)
+
+
+@dataclass(frozen=True)
+class EnergyPointing:
+    """``proportions`` ``(N,)``: the share of each map's energy inside its region; ``mean``."""
+
+    proportions: np.ndarray
+
+    @property
+    def mean(self) -> float:
+        return float(np.mean(self.proportions))
+
+
+def energy_pointing_game(cams: Explanation | Any, regions: Regions) -> EnergyPointing:
+    """The energy-based pointing game: ``sum_{ij in region} M_ij / sum_ij M_ij`` per map (maps
+    non-negative, as after ReLU and normalization; an all-zero map scores 0).
+
+    Wang et al., "Score-CAM", CVPR Workshops 2020, section 4.2.
+    """
+    maps = _maps(cams)
+    masks = _region_masks(regions, maps.shape)
+    total = maps.sum(axis=(1, 2))
+    inside = (maps * masks).sum(axis=(1, 2))
+    return EnergyPointing(
+        proportions=np.where(total > 0, inside / np.where(total > 0, total, 1), 0)
+    )
+
+
+def quantus_attributions(
+    cams: Explanation | Any, size: tuple[int, int] | None = None
+) -> np.ndarray:
+    """Maps as the ``(N, 1, H, W)`` float32 attributions that Quantus' metrics take (``a_batch``).
+
+    ``size`` ``(H, W)`` resizes them bilinearly to the inputs' resolution where they were
+    computed at another size; without it they must already be at that resolution.
+    """
+    maps = _maps(cams)
+    if size is not None:
+        maps = _ops.resize_bilinear(maps, (int(size[0]), int(size[1])))
+    return np.ascontiguousarray(maps[:, None, :, :], dtype=np.float32)

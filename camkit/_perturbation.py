@@ -1,0 +1,340 @@
+"""The perturbation family: channel weights measured by forward passes, not gradients.
+
+Shapes: activations ``A`` ``(N, C, h, w)``; inputs ``X`` ``(N, C_in, H, W)`` channels-first (the
+provider's ``core_inputs``); maps ``(N, h, w)``. ``s(.)`` is the target's score of a forward pass.
+
+The core owns the loop. For Score-CAM and its variants it builds each channel's mask
+``H_k = minmax(upsample(A_k))`` chunk by chunk, ``batch_size`` masks at a time (memory never holds
+all channels' masks), multiplies them into the inputs and hands the batch to the provider's
+``forward_scores``. For Ablation-CAM it builds ``batch_size`` copies of the layer's activations,
+each with one channel zeroed, and hands them to ``forward_from_layer``. No capture hooks are
+active during these passes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any, Literal, get_args
+
+import numpy as np
+from array_api_compat import array_namespace, device
+
+from . import _ops
+from ._base import CamMethod
+from ._errors import CamkitError, InputError
+from ._gradient import _nonzero_divide
+from ._progress import Progress
+from ._protocol import FORWARD_FROM_LAYER, FORWARD_SCORES, Capture, Precision
+from ._targets import Target, rows_target
+
+__all__ = ["ISCAM", "SSCAM", "AblationCAM", "FasterScoreCAM", "ScoreCAM"]
+
+Array = Any
+Weighting = Literal["class-softmax", "channel-softmax"]
+
+
+def _check_positive_int(value: object, argument: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+        raise InputError(f"{argument}={value!r} is not valid; use a positive integer")
+    return int(value)
+
+
+def _check_precision(precision: object) -> Precision:
+    if precision not in get_args(Precision):
+        raise InputError(f"precision={precision!r} is not valid; use one of {get_args(Precision)}")
+    return precision  # type: ignore[return-value]
+
+
+def _host_indices(provider: Any, capture: Capture) -> np.ndarray | None:
+    return None if capture.indices is None else provider.to_numpy(capture.indices)
+
+
+def _filled(capture: Capture) -> tuple[Array, Target]:
+    """The inputs and target that the core fills in for methods with ``needs_inputs``."""
+    if capture.inputs is None or capture.target is None:
+        raise CamkitError("this method needs the capture's inputs and target; call the method")
+    return capture.inputs, capture.target
+
+
+def _sample_rows(inputs: Array, rows: np.ndarray) -> Array:
+    """``inputs[rows]``; a single-sample batch is broadcast instead of copied."""
+    if inputs.shape[0] == 1:
+        return inputs
+    xp = array_namespace(inputs)
+    return xp.take(inputs, xp.asarray(rows, device=device(inputs)), axis=0)
+
+
+class ScoreCAM(CamMethod):
+    """Score-CAM: channels weighted by the score of the input masked by their own activation.
+
+    ``H_k = minmax(upsample(A[n, k]))`` ``(H, W)``, ``w[n, k] = s(X[n] * H_k)``,
+    ``M[n] = ReLU(sum_k w[n, k] * A[n, k])``.
+
+    ``weighting`` selects a published reading of ``s``:
+
+    - ``"class-softmax"`` (default, the paper's Algorithm 1 and its released code): ``s`` is the
+      softmax probability of the target class for the masked input. Targets without classes
+      (regression, segmentation, callables) use their own score.
+    - ``"channel-softmax"`` (torchcam): ``w[n] = softmax_k(y_c(X * H_k) - y_c(X))``, a softmax
+      over channels of the increase of the target's score (its logit for a class target); the
+      subtracted baseline is the same for every channel, so it cancels in the softmax.
+
+    The paper upsamples, then normalizes, as here; torchcam normalizes at the layer's size and
+    then upsamples, and tf-keras-vis upsamples with corner-aligned ``scipy.ndimage.zoom``;
+    each gives slightly different masks.
+
+    Args:
+        batch_size: masked inputs per forward pass; memory grows with it, never with ``C``.
+        precision: ``"float32"``, or ``"bfloat16"``/``"float16"`` for the masked passes
+            where the backend supports it (faster on hardware with fast half precision).
+        progress: show a progress line (``None``: only for long runs on a terminal).
+
+    Wang et al., "Score-CAM: Score-Weighted Visual Explanations for Convolutional Neural
+    Networks", CVPR Workshops 2020, eqs. 3-5 and Algorithm 1.
+    """
+
+    name = "scorecam"
+    paper = "Wang et al., CVPR Workshops 2020, arXiv:1910.01279"
+    needs_gradients = False
+    requires = frozenset({FORWARD_SCORES})
+    fusable = False
+    needs_inputs = True
+    weightings: tuple[str, ...] = get_args(Weighting)
+    #: Forward passes per mask (the variants average several).
+    repeats: int = 1
+    #: Seed of the variants that draw noise.
+    seed: int | None = None
+
+    def __init__(
+        self,
+        *args: Any,
+        batch_size: int = 32,
+        weighting: Weighting = "class-softmax",
+        precision: Precision = "float32",
+        progress: bool | None = None,
+        **kwargs: Any,
+    ) -> None:
+        if weighting not in self.weightings:
+            raise InputError(f"weighting={weighting!r} is not valid; use one of {self.weightings}")
+        self.batch_size = _check_positive_int(batch_size, "batch_size")
+        self.weighting = weighting
+        self.precision = _check_precision(precision)
+        self.progress = progress
+        super().__init__(*args, **kwargs)
+
+    def layer_map(self, activations: Array, gradients: None, capture: Capture) -> Array:
+        selected = self._selected_channels(activations)
+        scores = self._mask_scores(selected, capture)
+        if self.weighting == "channel-softmax":
+            xp = array_namespace(scores)
+            shifted = xp.exp(scores - xp.max(scores, axis=1, keepdims=True))
+            scores = shifted / xp.sum(shifted, axis=1, keepdims=True)
+        return _ops.weighted_channel_sum(scores, selected)
+
+    def _selected_channels(self, activations: Array) -> Array:
+        """The channels that get a weight, ``(N, K, h, w)``: all of them here."""
+        return activations
+
+    def _variants(self, masks: Array, rng: np.random.Generator) -> Iterator[Array]:
+        """The masks each chunk is scored with, ``repeats`` of them; their scores are averaged."""
+        yield masks
+
+    def _mask_scores(self, selected: Array, capture: Capture) -> Array:
+        """``(N, K, h, w) -> (N, K)``: the mean score of ``X[n] * variant(H_k)``."""
+        xp = array_namespace(selected)
+        provider: Any = self.provider
+        count, channels = selected.shape[0], selected.shape[1]
+        flat = xp.reshape(selected, (count * channels, *selected.shape[2:]))
+        inputs, chosen = _filled(capture)
+        size = tuple(inputs.shape[-2:])
+        indices = _host_indices(provider, capture)
+        probability = self.weighting == "class-softmax"
+        rng = np.random.default_rng(self.seed)
+        progress = Progress(self.name, count * channels * self.repeats, self.progress)
+        chunks = []
+        try:
+            for start in range(0, count * channels, self.batch_size):
+                stop = min(start + self.batch_size, count * channels)
+                rows = np.arange(start, stop) // channels
+                masks = _ops.normalize_minmax(_ops.resize_bilinear(flat[start:stop], size))
+                images = _sample_rows(inputs, rows)
+                target = rows_target(chosen, indices, rows, probability=probability)
+                total: Array = None
+                for variant in self._variants(masks, rng):
+                    scored = provider.forward_scores(
+                        images * variant[:, None, :, :], target, precision=self.precision
+                    )
+                    total = scored.scores if total is None else total + scored.scores
+                    progress.advance(stop - start)
+                chunks.append(total / self.repeats)
+        finally:
+            progress.close()
+        return xp.reshape(xp.concat(chunks), (count, channels))
+
+
+class FasterScoreCAM(ScoreCAM):
+    """Faster Score-CAM: Score-CAM on the ``channels`` channels of largest spatial variance.
+
+    ``K_n`` = the ``channels`` indices ``k`` with the largest ``Var_ij A[n, k, i, j]``;
+    ``M[n] = ReLU(sum_{k in K_n} s(X[n] * H_k) * A[n, k])``. Channels with flat activations
+    make flat masks that barely change the score, so skipping them costs little agreement for a
+    ``C / channels`` speed-up.
+
+    Tabayashi, "Faster Score-CAM" (github.com/tabayashi0117/Score-CAM, 2020; also
+    tf-keras-vis' ``max_N``), after Wang et al., arXiv:1910.01279.
+    """
+
+    name = "fasterscorecam"
+    paper = "Tabayashi (2020), github.com/tabayashi0117/Score-CAM, no paper"
+
+    def __init__(self, *args: Any, channels: int = 10, **kwargs: Any) -> None:
+        self.channels = _check_positive_int(channels, "channels")
+        super().__init__(*args, **kwargs)
+
+    def _selected_channels(self, activations: Array) -> Array:
+        xp = array_namespace(activations)
+        if self.channels >= activations.shape[1]:
+            return activations
+        spread = self.provider.to_numpy(xp.var(activations, axis=(2, 3)))
+        # stable: among equal variances the lower channel index wins, as in tf.math.top_k
+        order = np.argsort(-spread, axis=1, kind="stable")[:, : self.channels]
+        where = device(activations)
+        return xp.stack(
+            [
+                xp.take(activations[n], xp.asarray(order[n], device=where), axis=0)
+                for n in range(activations.shape[0])
+            ]
+        )
+
+
+class SSCAM(ScoreCAM):
+    """SS-CAM: Score-CAM with each mask's score averaged over noisy copies of the mask.
+
+    ``w[n, k] = (1 / S) sum_{i=1..S} s(X[n] * (H_k + e_i))`` with ``e_i ~ N(0, noise^2)`` drawn
+    per pixel, then as in Score-CAM. ``samples`` and ``noise`` default to torchcam's values
+    (35, 2.0); ``seed`` makes the noise reproducible.
+
+    Wang et al., "SS-CAM: Smoothed Score-CAM for Sharper Visual Feature Localization",
+    arXiv:2006.14255 (2020).
+    """
+
+    name = "sscam"
+    paper = "Wang et al., 2020, arXiv:2006.14255"
+
+    def __init__(
+        self, *args: Any, samples: int = 35, noise: float = 2.0, seed: int | None = None,
+        **kwargs: Any,
+    ) -> None:  # fmt: skip
+        self.repeats = _check_positive_int(samples, "samples")
+        if not noise >= 0:
+            raise InputError(f"noise={noise!r} is not valid; use a standard deviation >= 0")
+        self.noise = float(noise)
+        self.seed = seed
+        super().__init__(*args, **kwargs)
+
+    def _variants(self, masks: Array, rng: np.random.Generator) -> Iterator[Array]:
+        xp = array_namespace(masks)
+        for _ in range(self.repeats):
+            noise = rng.normal(0.0, self.noise, size=tuple(masks.shape)).astype(np.float32)
+            yield masks + xp.asarray(noise, dtype=masks.dtype, device=device(masks))
+
+
+class ISCAM(ScoreCAM):
+    """IS-CAM: Score-CAM with each mask's score integrated along a path of scaled masks.
+
+    ``w[n, k] = (1 / S) sum_{i=1..S} s(X[n] * c_i H_k)``, ``c_i = sum_{j=1..i} j / S``, the
+    cumulative masks of the paper's algorithm as torchcam implements them (``c_S = (S+1) / 2``).
+
+    Naidu et al., "IS-CAM: Integrated Score-CAM for axiomatic-based explanations",
+    arXiv:2010.03023 (2020).
+    """
+
+    name = "iscam"
+    paper = "Naidu et al., 2020, arXiv:2010.03023"
+
+    def __init__(self, *args: Any, samples: int = 10, **kwargs: Any) -> None:
+        self.repeats = _check_positive_int(samples, "samples")
+        super().__init__(*args, **kwargs)
+
+    def _variants(self, masks: Array, rng: np.random.Generator) -> Iterator[Array]:
+        coefficient = 0.0
+        for step in range(1, self.repeats + 1):
+            coefficient += step / self.repeats
+            yield masks * coefficient
+
+
+class AblationCAM(CamMethod):
+    """Ablation-CAM: channels weighted by the drop of the score when they are zeroed.
+
+    With ``y = s(X[n])`` and ``y_k`` the score when ``A[n, k]`` is set to 0 at the layer (the
+    network run from the layer onward), ``w[n, k] = (y - y_k) / y`` (0 where ``y = 0``),
+    ``M[n] = ReLU(sum_k w[n, k] * A[n, k])``. Token layers ``(N, T, C)`` are ablated per channel
+    across all tokens.
+
+    Needs the backend's ``forward_from_layer`` capability.
+
+    Desai & Ramaswamy, "Ablation-CAM: Visual Explanations for Deep Convolutional Network via
+    Gradient-free Localization", WACV 2020, eqs. 2-3.
+    """
+
+    name = "ablationcam"
+    paper = "Desai & Ramaswamy, WACV 2020, doi:10.1109/WACV45572.2020.9093360"
+    needs_gradients = False
+    requires = frozenset({FORWARD_SCORES, FORWARD_FROM_LAYER})
+    fusable = False
+    needs_inputs = True
+
+    def __init__(
+        self,
+        *args: Any,
+        batch_size: int = 32,
+        precision: Precision = "float32",
+        progress: bool | None = None,
+        **kwargs: Any,
+    ) -> None:
+        self.batch_size = _check_positive_int(batch_size, "batch_size")
+        self.precision = _check_precision(precision)
+        self.progress = progress
+        super().__init__(*args, **kwargs)
+
+    def _layer_maps(self, capture: Capture) -> list[Array]:
+        layers = self._layers or ()
+        return [
+            self._ablation_map(layer, activations, capture)
+            for layer, activations in zip(layers, capture.activations, strict=True)
+        ]
+
+    def layer_map(self, activations: Array, gradients: None, capture: Capture) -> Array:
+        raise NotImplementedError("Ablation-CAM maps need the layer's name; see _layer_maps")
+
+    def _ablation_map(self, layer: str, activations: Array, capture: Capture) -> Array:
+        xp = array_namespace(activations)
+        provider: Any = self.provider
+        tokens = activations.ndim == 3  # (N, T, C): channels last
+        count, channels = activations.shape[0], activations.shape[-1 if tokens else 1]
+        keep_all = 1 - xp.eye(channels, dtype=activations.dtype, device=device(activations))
+        indices = _host_indices(provider, capture)
+        inputs, chosen = _filled(capture)
+        progress = Progress(self.name, count * channels, self.progress)
+        per_sample = []
+        try:
+            for n in range(count):
+                chunks = []
+                for start in range(0, channels, self.batch_size):
+                    keep = keep_all[start : start + self.batch_size]
+                    rows = np.full((keep.shape[0],), n)
+                    target = rows_target(chosen, indices, rows, probability=False)
+                    keep = keep[:, None, :] if tokens else keep[:, :, None, None]
+                    scored = provider.forward_from_layer(
+                        inputs[n : n + 1], layer, activations[n : n + 1] * keep, target,
+                        precision=self.precision,
+                    )  # fmt: skip
+                    chunks.append(scored.scores)
+                    progress.advance(keep.shape[0])
+                per_sample.append(xp.concat(chunks))
+        finally:
+            progress.close()
+        ablated = xp.stack(per_sample)
+        original = xp.astype(capture.scores, ablated.dtype)[:, None]
+        weights = _nonzero_divide(original - ablated, original)
+        return _ops.weighted_channel_sum(weights, self._as_grid(activations))
