@@ -2,7 +2,8 @@
 
 ``StaticModel`` holds fixed activations and gradients (for hand-computed method checks);
 ``GapLinearModel`` is a real, tiny model: its input is the feature map, then global average
-pooling and a linear layer, with gradients derived by hand (``dS/dA = W[k] / HW``).
+pooling and a linear layer, with gradients derived by hand (``dS/dA = W[k] / HW``). It also runs
+the forward passes of the perturbation methods and metrics, recording each batch's size.
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ class StaticModel:
 @dataclass
 class GapLinearModel:
     weights: np.ndarray  # (K, C)
+    batches: list[int] = field(default_factory=list)  # sizes of the forward passes run
 
     def __call__(self, x: np.ndarray) -> np.ndarray:
         return x.mean(axis=(2, 3)) @ self.weights.T
@@ -44,6 +46,8 @@ class NumpyProvider:
     def __init__(self, model: Any) -> None:
         self.model = model
         self.capabilities = frozenset({camkit.CLASSIFIER_WEIGHTS})
+        if isinstance(model, GapLinearModel):
+            self.capabilities |= {camkit.FORWARD_SCORES, camkit.FORWARD_FROM_LAYER}
         self.closed = False
 
     def layer_names(self) -> list[str]:
@@ -85,6 +89,23 @@ class NumpyProvider:
             scores=scored.scores,
             indices=scored.indices,
         )
+
+    def core_inputs(self, inputs: Any) -> np.ndarray:
+        return np.asarray(inputs, dtype=np.float32)
+
+    def native_inputs(self, x: np.ndarray) -> np.ndarray:
+        return x
+
+    def forward_scores(self, x: np.ndarray, target: Target, *, precision: str) -> Any:
+        self.model.batches.append(int(x.shape[0]))
+        return target.resolve(self.model(x))
+
+    def forward_from_layer(
+        self, x: np.ndarray, layer: str, activations: np.ndarray, target: Target, *, precision: str
+    ) -> Any:
+        # "features" is the input itself, so the model from the layer on is the whole model
+        self.model.batches.append(int(activations.shape[0]))
+        return target.resolve(self.model(activations))
 
     def classifier_weights(self, classifier: object | None = None) -> np.ndarray:
         weights = getattr(self.model, "classifier", None)

@@ -296,3 +296,72 @@ def test_linen_cam_reads_the_last_dense_kernel(nnx_model, linen_model):
     expected = camkit.explain(nnx_model, X, "cam", "conv2", **RAW).cams
     got = camkit.explain(linen_model, X, "cam", "conv2", **RAW).cams
     np.testing.assert_allclose(got, expected, atol=1e-5)
+
+
+# -- the perturbation family and metrics -----------------------------------------------------
+
+PERTURBATION_METHODS = [
+    ("scorecam", {}),
+    ("sscam", {"samples": 2, "noise": 0.3, "seed": 4}),
+    ("iscam", {"samples": 2}),
+    ("fasterscorecam", {"channels": 3}),
+    ("ablationcam", {}),
+    ("smoothgradcam++", {"samples": 3, "seed": 4}),
+]
+
+
+@pytest.mark.parametrize(("method", "options"), PERTURBATION_METHODS)
+def test_perturbation_methods_same_maps_as_pytorch(
+    nnx_model, linen_model, equinox_model, torch_twin, method, options
+):
+    import torch
+
+    channels_first = X.transpose(0, 3, 1, 2).copy()
+    for layer in ("conv1", "conv2"):
+        expected = camkit.explain(torch_twin, torch.from_numpy(channels_first), method, layer,
+                                  target=[0, 3, 1], **options)  # fmt: skip
+        for model, images in ((nnx_model, X), (linen_model, X), (equinox_model, channels_first)):
+            got = camkit.explain(model, images, method, layer, target=[0, 3, 1], **options)
+            assert np.abs(got.cams - expected.cams).max() <= 1e-4, (method, layer, model)
+
+
+def test_metrics_same_as_pytorch(nnx_model, equinox_model, torch_twin):
+    import torch
+
+    channels_first = X.transpose(0, 3, 1, 2).copy()
+    images = torch.from_numpy(channels_first)
+    maps = camkit.explain(torch_twin, images, "gradcam", "conv2").cams
+    for metric in (camkit.metrics.deletion, camkit.metrics.insertion):
+        expected = metric(torch_twin, images, maps, steps=6, batch_size=5)
+        for model, inputs in ((nnx_model, X), (equinox_model, channels_first)):
+            got = metric(model, inputs, maps, steps=6, batch_size=5)
+            np.testing.assert_allclose(got.scores, expected.scores, atol=1e-5)
+
+
+def test_ablation_on_a_function_split_runs_the_head_only():
+    # head: GAP + W; class 0 score = mean(A0) - mean(A1) = 2.5 - 0.25 = 2.25;
+    # zeroing A0 leaves -0.25, zeroing A1 leaves 2.5: w = (2.25 + 0.25) / 2.25, -0.25 / 2.25
+    weights = jnp.asarray([[1.0, -1.0], [0.5, 2.0]])
+    split = camkit_jax.FunctionSplit(lambda p, x: x, lambda p, a: a.mean((1, 2)) @ p.T, weights)
+    a = np.zeros((1, 2, 2, 2), np.float32)
+    a[0, :, :, 0] = [[1, 2], [3, 4]]
+    a[0, :, :, 1] = [[1, 1], [1, -2]]
+    got = camkit.explain(split, a, "ablationcam", target=0, **RAW).cams[0]
+    expected = 2.5 / 2.25 * a[0, :, :, 0] - 0.25 / 2.25 * a[0, :, :, 1]
+    np.testing.assert_allclose(got, expected, atol=1e-5)
+
+
+def test_masked_passes_compile_once_per_batch_shape(nnx_model):
+    first = camkit.ScoreCAM(nnx_model, "conv2", batch_size=4)
+    first(X, target=[0, 3, 1])
+    traces = _provider.trace_count()
+    camkit.ScoreCAM(nnx_model, "conv2", batch_size=4)(X, target=[4, 4, 2])  # new classes
+    assert _provider.trace_count() == traces
+
+
+def test_bfloat16_masked_passes_agree_with_float32(nnx_model):
+    full = camkit.explain(nnx_model, X, "scorecam", "conv2", target=[0, 3, 1])
+    half = camkit.explain(nnx_model, X, "scorecam", "conv2", target=[0, 3, 1],
+                          precision="bfloat16")  # fmt: skip
+    for a, b in zip(full.cams, half.cams, strict=True):
+        assert np.corrcoef(a.ravel(), b.ravel())[0, 1] > 0.99

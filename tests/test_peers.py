@@ -101,3 +101,48 @@ def test_upsampled_maps_agree_with_torchcam_resized_by_torch(model, x):
     expected = _ops.normalize_minmax(resized).numpy()
     got = camkit.explain(model, x, "gradcam", "conv2", target=TARGETS).cams
     np.testing.assert_allclose(got, expected, atol=1e-4)
+
+
+# -- the Score-CAM family ------------------------------------------------------------------
+# torchcam weights channels by a softmax over channels of the logit increase (camkit's
+# weighting="channel-softmax", checked by hand in test_perturbation.py) where the paper takes
+# the class's softmax probability. On relu1, at the input's resolution, masks need no resizing.
+
+
+@pytest.mark.parametrize(
+    ("method", "peer", "options", "peer_options"),
+    [
+        ("scorecam", "ScoreCAM", {}, {}),
+        ("iscam", "ISCAM", {"samples": 3}, {"num_samples": 3}),
+        # no noise: torchcam needs a positive std, 1e-7 is far below the tolerance
+        ("sscam", "SSCAM", {"samples": 2, "noise": 0.0}, {"num_samples": 2, "std": 1e-7}),
+    ],
+)
+def test_score_family_against_torchcam(model, x, method, peer, options, peer_options):
+    expected = torchcam_maps(getattr(torchcam_methods, peer), model, x, "relu1", batch_size=7,
+                             input_shape=(3, 16, 16), **peer_options)  # fmt: skip
+    got = camkit_maps(model, x, method, "relu1", weighting="channel-softmax", batch_size=7,
+                      **options)  # fmt: skip
+    np.testing.assert_allclose(got, expected, atol=1e-4)
+
+
+def test_torchcam_scorecam_normalizes_masks_before_upsampling(model, x):
+    """The paper upsamples each activation map, then min-max normalizes it (as camkit does);
+    torchcam normalizes at the layer's size and then upsamples, so a mask whose extreme lies
+    inside the map, where bilinear samples miss it, spans less than [0, 1]. Its maps equal that
+    order written out by hand."""
+    peer = torchcam_maps(torchcam_methods.ScoreCAM, model, x, "conv2", input_shape=(3, 16, 16))
+    capture = camkit.GradCAM(model, "conv2").provider.capture(
+        x, ["conv2"], camkit.targets.ClassTarget(TARGETS), gradients=False
+    )
+    a = capture.activations[0]
+    n, c = a.shape[:2]
+    masks = _ops.resize_bilinear(_ops.normalize_minmax(a.reshape(n * c, 8, 8)), (16, 16))
+    with torch.no_grad():
+        logits = model((x[:, None] * masks.reshape(n, c, 1, 16, 16)).reshape(n * c, 3, 16, 16))
+    chosen = logits.reshape(n, c, -1)[torch.arange(n), :, torch.tensor(TARGETS)]
+    weights = torch.softmax(chosen, dim=1)
+    by_hand = _ops.normalize_minmax(torch.relu((weights[:, :, None, None] * a).sum(1))).numpy()
+    np.testing.assert_allclose(peer, by_hand, atol=1e-4)
+    camkit_order = camkit_maps(model, x, "scorecam", "conv2", weighting="channel-softmax")
+    assert 1e-4 < np.abs(camkit_order - peer).max() < 0.2

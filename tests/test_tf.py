@@ -340,3 +340,102 @@ def test_one_call_explain_reuses_the_compiled_capture_and_keeps_no_model_alive(w
     del model
     gc.collect()
     assert alive() is None
+
+
+@pytest.mark.parametrize(("samples", "max_n", "method", "options"), [
+    (slice(None), None, "scorecam", {}),
+    # tf-keras-vis gives every sample the union of the samples' top channels: one sample here
+    (slice(0, 1), 3, "fasterscorecam", {"channels": 3}),
+])  # fmt: skip
+def test_scorecam_against_tf_keras_vis(weights, samples, max_n, method, options):
+    """tf-keras-vis scores masked inputs by the class's softmax probability, as the paper (and
+    camkit's default) does. On relu1, at the input's resolution, its corner-aligned zoom of the
+    masks is the identity, so the maps must agree."""
+    scorecam = pytest.importorskip("tf_keras_vis.scorecam")
+    from tf_keras_vis.utils.scores import CategoricalScore
+
+    model = sequential(weights)
+    target = [0, 3, 1][samples]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        expected = scorecam.Scorecam(model, clone=True)(
+            CategoricalScore(target), X[samples], penultimate_layer="relu1",
+            seek_penultimate_conv_layer=False, expand_cam=False, max_N=max_n, batch_size=7,
+        )  # fmt: skip
+    expected = camkit._ops.normalize_minmax(np.asarray(expected))
+    got = camkit.explain(model, X[samples], method, "relu1", target=target, size="layer",
+                         batch_size=7, **options)  # fmt: skip
+    assert np.abs(got.cams - expected).max() <= 1e-4
+
+
+# -- the perturbation family and metrics: parity with PyTorch ---------------------------------
+
+PERTURBATION_METHODS = [
+    ("scorecam", {}),
+    ("sscam", {"samples": 2, "noise": 0.3, "seed": 4}),
+    ("iscam", {"samples": 2}),
+    ("fasterscorecam", {"channels": 3}),
+    ("ablationcam", {}),
+    ("smoothgradcam++", {"samples": 3, "seed": 4}),
+]
+
+
+@pytest.mark.parametrize(("method", "options"), PERTURBATION_METHODS)
+def test_perturbation_methods_same_maps_as_pytorch(weights, torch_twin, method, options):
+    import torch
+
+    images = torch.from_numpy(X.transpose(0, 3, 1, 2).copy())
+    for layer in ("relu1", "conv2"):
+        expected = camkit.explain(torch_twin, images, method, layer, target=[0, 3, 1], **options)
+        for model in (sequential(weights), nested(weights)):
+            got = camkit.explain(model, X, method, layer, target=[0, 3, 1], **options)
+            assert np.abs(got.cams - expected.cams).max() <= 1e-4, (method, layer)
+
+
+def test_metrics_same_as_pytorch(weights, torch_twin):
+    import torch
+
+    images = torch.from_numpy(X.transpose(0, 3, 1, 2).copy())
+    maps = camkit.explain(torch_twin, images, "gradcam", "conv2").cams
+    model = sequential(weights)
+    for metric in (camkit.metrics.deletion, camkit.metrics.insertion):
+        expected = metric(torch_twin, images, maps, steps=6, batch_size=5)
+        got = metric(model, X, maps, steps=6, batch_size=5)
+        np.testing.assert_allclose(got.scores, expected.scores, atol=1e-5)
+    expected = camkit.metrics.confidence_change(torch_twin, images, maps)
+    got = camkit.metrics.confidence_change(model, X, maps)
+    np.testing.assert_allclose(got.drop, expected.drop, atol=1e-5)
+
+
+def test_ablation_from_a_layer_before_a_concatenation(weights):
+    """A concatenation cannot broadcast one sample's earlier tensor against the B ablated
+    copies: the provider falls back to running B copies of the input, and the maps agree with
+    the same network written without the concatenation."""
+    inputs = keras.Input((12, 12, 3))
+    a = keras.layers.Conv2D(4, 3, padding="same", name="a")(inputs)
+    b = keras.layers.Conv2D(4, 3, padding="same", name="b")(a)
+    joined = keras.layers.Concatenate(name="join")([a, b])
+    out = keras.layers.Dense(3, name="fc")(keras.layers.GlobalAveragePooling2D()(joined))
+    model = keras.Model(inputs, out)
+    got = camkit.explain(model, X, "ablationcam", "b", target=[0, 1, 2])
+    provider = camkit.AblationCAM(model, "b").provider
+    assert "b" in provider._cache.repeats_prefix
+    # by hand: zero each channel of b, run the head on the concatenation
+    acts = keras.Model(inputs, [a, b])(X)
+    head = keras.Sequential([keras.layers.GlobalAveragePooling2D(), model.get_layer("fc")])
+    a_out, b_out = (np.asarray(t) for t in acts)
+    base = np.asarray(head(np.concatenate([a_out, b_out], -1)))[np.arange(3), [0, 1, 2]]
+    weights_ = []
+    for k in range(4):
+        ablated = b_out.copy()
+        ablated[..., k] = 0
+        score = np.asarray(head(np.concatenate([a_out, ablated], -1)))[np.arange(3), [0, 1, 2]]
+        weights_.append((base - score) / base)
+    raw = np.maximum(np.einsum("kn,nhwk->nhw", np.array(weights_), b_out), 0)
+    expected = camkit._ops.normalize_minmax(raw)
+    assert np.abs(got.cams - expected).max() <= 1e-4
+
+
+def test_half_precision_is_refused_with_the_fix(weights):
+    with pytest.raises(camkit.CapabilityError, match="mixed_float16"):
+        camkit.explain(sequential(weights), X, "scorecam", "conv2", precision="bfloat16")

@@ -313,6 +313,67 @@ def test_vision_transformer_tokens(x):
         camkit.explain(TinyViT(), x)
 
 
+class Concatenating(nn.Module):
+    """conv a, conv b on a, then [a, b] concatenated: b's prefix tensor a cannot broadcast."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a = nn.Conv2d(3, 4, 3, padding=1)
+        self.b = nn.Conv2d(4, 4, 3, padding=1)
+        self.fc = nn.Linear(8, 3)
+
+    def forward(self, x):
+        a = self.a(x)
+        return self.fc(torch.cat([a, self.b(a)], dim=1).mean((2, 3)))
+
+
+def test_ablation_before_a_concatenation_runs_copies_of_the_input(x):
+    torch.manual_seed(0)
+    model = Concatenating().eval()
+    got = camkit.explain(model, x, "ablationcam", "b", target=[0, 1, 2], **RAW)
+    assert "b" in camkit.AblationCAM(model, "b").provider._facts.repeats_prefix
+    with torch.no_grad():  # by hand: zero each channel of b, run the head
+        a = model.a(x)
+        b = model.b(a)
+
+        def head(b_out):
+            return model.fc(torch.cat([a, b_out], 1).mean((2, 3)))[torch.arange(3), [0, 1, 2]]
+
+        base = head(b)
+        weights = torch.stack(
+            [(base - head(b * (torch.arange(4) != k)[None, :, None, None])) / base
+             for k in range(4)], 1,
+        )  # fmt: skip
+        expected = (weights[:, :, None, None] * b).sum(1).numpy()
+    np.testing.assert_allclose(got.cams, expected, atol=1e-5)
+
+
+def test_bfloat16_masked_passes_agree_with_float32(model, x):
+    full = camkit.explain(model, x, "scorecam", "conv2", target=[0, 3, 1])
+    half = camkit.explain(model, x, "scorecam", "conv2", target=[0, 3, 1], precision="bfloat16")
+    for a, b in zip(full.cams, half.cams, strict=True):
+        assert np.corrcoef(a.ravel(), b.ravel())[0, 1] > 0.99
+
+
+def test_a_failing_masked_pass_leaves_the_model_as_found(model, x):
+    class FailsOnLargeBatches(SmallCNN):
+        def forward(self, x):
+            features = self.relu2(self.conv2(self.relu1(self.conv1(x))))
+            if features.shape[0] > 3:
+                raise RuntimeError("out of memory (simulated)")
+            return self.fc(torch.flatten(self.pool(features), 1))
+
+    torch.manual_seed(0)
+    failing = FailsOnLargeBatches()
+    failing.train()
+    before = snapshot(failing)
+    for method in ("scorecam", "ablationcam"):
+        with pytest.raises(camkit.InputError, match="simulated"):
+            camkit.explain(failing, x, method, "conv2", batch_size=8)
+        assert_unchanged(before, failing)
+        assert torch.is_grad_enabled()
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 def test_cuda_tensors_stay_on_the_device(model, x):
     model, x = model.cuda(), x.cuda()
@@ -320,8 +381,18 @@ def test_cuda_tensors_stay_on_the_device(model, x):
     capture = method.provider.capture(x, ["conv2"], targets.ClassTarget(), gradients=True)
     assert capture.activations[0].is_cuda and capture.gradients[0].is_cuda
     got = method(x)
-    expected = camkit.explain(model.cpu(), x.cpu(), layer="conv2").cams
+    scored = camkit.ScoreCAM(model, "conv2").provider.forward_scores(
+        camkit.ScoreCAM(model, "conv2").provider.core_inputs(x), targets.ClassTarget(),
+        precision="float32",
+    )  # fmt: skip
+    assert scored.scores.is_cuda
+    on_gpu = {m: camkit.explain(model, x, m, "conv2").cams for m in ("scorecam", "ablationcam")}
+    model, x = model.cpu(), x.cpu()
+    expected = camkit.explain(model, x, layer="conv2").cams
     np.testing.assert_allclose(got.cams, expected, atol=1e-4)
+    for method_name, cams in on_gpu.items():
+        np.testing.assert_allclose(cams, camkit.explain(model, x, method_name, "conv2").cams,
+                                   atol=1e-4)  # fmt: skip
 
 
 def test_one_call_explain_probes_the_automatic_layer_once(model, x):
