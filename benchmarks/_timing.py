@@ -12,11 +12,13 @@ import time
 from collections.abc import Callable, Mapping
 
 
-def side_by_side(runs: Mapping[str, Callable[[], object]], rounds: int) -> dict[str, float]:
-    """Median seconds per contender, after two warm-up calls each."""
+def side_by_side(
+    runs: Mapping[str, Callable[[], object]], rounds: int, warmup: int = 2
+) -> dict[str, float]:
+    """Median seconds per contender, after ``warmup`` warm-up calls each."""
     for run in runs.values():
-        run()
-        run()
+        for _ in range(warmup):
+            run()
     names = list(runs)
     times: dict[str, list[float]] = {name: [] for name in names}
     for round_index in range(rounds):

@@ -13,12 +13,12 @@ __all__ = ["main"]
 
 
 def _demo(args: argparse.Namespace) -> int:
-    from ._demo import run_demo
+    from ._demo import DEMO_METHODS, run_demo
 
     result = run_demo(args.output, args.methods)
     for p in result.predictions:
         print(f"{p.photo:<10} top-1: {p.label} (ImageNet class {p.index}), p = {p.probability:.3f}")
-    shown = len(args.methods or methods())
+    shown = len(args.methods or DEMO_METHODS)
     print(f"wrote {shown} methods x {len(result.predictions)} photos to {result.path}")
     return 0
 
@@ -41,7 +41,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     demo.add_argument("--output", default="camkit-demo.png", help="PNG to write")
     demo.add_argument(
         "--methods", nargs="+", choices=list(methods()), metavar="METHOD",
-        help=f"methods to show (default: all of {', '.join(methods())})",
+        help="methods to show (default: all but scorecam, sscam, iscam and ablationcam, which "
+        "run a forward pass per channel)",
     )  # fmt: skip
     demo.set_defaults(run=_demo)
     listing = commands.add_parser("backends", help="list the installed backends")

@@ -21,9 +21,13 @@ from ._api import explain, methods
 from ._errors import CamkitError
 from ._overlay import image_grid, overlay
 
-__all__ = ["PHOTOS", "DemoResult", "load_model", "load_photos", "run_demo"]
+__all__ = ["DEMO_METHODS", "PHOTOS", "DemoResult", "load_model", "load_photos", "run_demo"]
 
 PHOTOS = ("coffee", "astronaut", "chelsea")
+#: Every method but those that run a forward pass per channel (1280 per photo here, and per
+#: noise sample or integration step); ``--methods scorecam ...`` adds them.
+PER_CHANNEL_METHODS = ("scorecam", "sscam", "iscam", "ablationcam")
+DEMO_METHODS = tuple(name for name in methods() if name not in PER_CHANNEL_METHODS)
 IMAGE_SIZE = 224
 
 
@@ -76,6 +80,8 @@ def load_photos(names: Sequence[str] = PHOTOS, size: int = IMAGE_SIZE) -> np.nda
     photos = []
     for name in names:
         image = getattr(skimage.data, name)()
+        if isinstance(image, tuple):  # stereo_motorcycle: (left, right, disparity)
+            image = image[0]
         height, width = image.shape[:2]
         side = min(height, width)
         top, left = (height - side) // 2, (width - side) // 2
@@ -103,7 +109,7 @@ def run_demo(
     import cv2
     import torch
 
-    chosen = list(method_names or methods())
+    chosen = list(method_names or DEMO_METHODS)
     model = load_model()
     photos = load_photos()
     inputs = to_model_inputs(photos)

@@ -416,3 +416,25 @@ def test_camkit_keeps_no_model_alive(x):
     del model
     gc.collect()
     assert alive() is None
+
+
+def test_masked_passes_fall_back_to_contiguous_inputs(x):
+    class Flattening(nn.Module):  # view() needs the contiguous layout of its input
+        def __init__(self):
+            super().__init__()
+            self.conv = nn.Conv2d(3, 4, 3, padding=1)
+            self.fc = nn.Linear(3 * 12 * 12, 4)
+
+        def forward(self, x):
+            return self.fc(x.view(x.shape[0], -1)) + self.conv(x).mean((1, 2, 3))[:, None]
+
+    torch.manual_seed(0)
+    model = Flattening()
+    got = camkit.explain(model, x, "scorecam", "conv", target=1, **RAW)
+    assert camkit.ScoreCAM(model, "conv").provider._facts.needs_contiguous_inputs
+    with torch.no_grad():
+        a = model.conv(x)
+        masks = camkit._ops.normalize_minmax(a.reshape(-1, 12, 12)).reshape(3, 4, 1, 12, 12)
+        probabilities = torch.softmax(model((x[:, None] * masks).reshape(12, 3, 12, 12)), 1)
+        weights = probabilities[:, 1].reshape(3, 4)
+    np.testing.assert_allclose(got.cams, (weights[:, :, None, None] * a).sum(1), atol=1e-5)
