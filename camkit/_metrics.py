@@ -4,7 +4,8 @@ The model-based metrics perturb the inputs with a map and score the perturbed in
 the backend's ``forward_scores`` (batched, on the model's device, no capture hooks); the
 localization metrics compare maps with boxes or masks on the host. Maps are ``(N, H, W)`` at the
 inputs' resolution (an :class:`~camkit.Explanation` or an array); inputs are as the model takes
-them. Every result holds per-sample values and their mean.
+them. Every result holds per-sample values and their mean. The public names are exported by
+``camkit.metrics``.
 """
 
 from __future__ import annotations
@@ -22,19 +23,6 @@ from ._progress import Progress
 from ._protocol import FORWARD_SCORES, Precision
 from ._registry import provider_for
 from ._targets import TargetLike, as_target, rows_target
-
-__all__ = [
-    "ConfidenceChange",
-    "Curves",
-    "EnergyPointing",
-    "PointingGame",
-    "confidence_change",
-    "deletion",
-    "energy_pointing_game",
-    "insertion",
-    "pointing_game",
-    "quantus_attributions",
-]
 
 Array = Any
 Baseline = float | Literal["blur"] | Any

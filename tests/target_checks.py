@@ -1,4 +1,5 @@
-"""Target behaviour every backend must show, checked the same way for each."""
+"""Target behaviour every backend must show, checked the same way for each, and the methods
+whose maps every backend must reproduce."""
 
 from __future__ import annotations
 
@@ -11,6 +12,15 @@ import camkit
 from camkit import targets
 
 RAW = {"relu": False, "normalize": "none", "size": "layer"}
+#: The perturbation methods and Smooth Grad-CAM++, with options that keep the runs short.
+PERTURBATION_METHODS = [
+    ("scorecam", {}),
+    ("sscam", {"samples": 2, "noise": 0.3, "seed": 4}),
+    ("iscam", {"samples": 2}),
+    ("fasterscorecam", {"channels": 3}),
+    ("ablationcam", {}),
+    ("smoothgradcam++", {"samples": 3, "seed": 4}),
+]
 
 
 def check_class_targets(model: Any, inputs: Any, logits: np.ndarray, layer: str) -> None:

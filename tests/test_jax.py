@@ -10,7 +10,7 @@ jnp = jax.numpy
 nnx = pytest.importorskip("flax.nnx")
 linen = pytest.importorskip("flax.linen")
 
-from target_checks import check_class_targets  # noqa: E402
+from target_checks import PERTURBATION_METHODS, check_class_targets  # noqa: E402
 
 import camkit  # noqa: E402
 import camkit_jax  # noqa: E402
@@ -299,15 +299,6 @@ def test_linen_cam_reads_the_last_dense_kernel(nnx_model, linen_model):
 
 
 # -- the perturbation family and metrics -----------------------------------------------------
-
-PERTURBATION_METHODS = [
-    ("scorecam", {}),
-    ("sscam", {"samples": 2, "noise": 0.3, "seed": 4}),
-    ("iscam", {"samples": 2}),
-    ("fasterscorecam", {"channels": 3}),
-    ("ablationcam", {}),
-    ("smoothgradcam++", {"samples": 3, "seed": 4}),
-]
 
 
 @pytest.mark.parametrize(("method", "options"), PERTURBATION_METHODS)

@@ -16,7 +16,7 @@ keras = pytest.importorskip("keras")
 if keras.backend.backend() != "tensorflow":
     pytest.skip("Keras runs on another backend here", allow_module_level=True)
 
-from target_checks import check_class_targets  # noqa: E402
+from target_checks import PERTURBATION_METHODS, check_class_targets  # noqa: E402
 
 import camkit  # noqa: E402
 from camkit import targets  # noqa: E402
@@ -369,15 +369,6 @@ def test_scorecam_against_tf_keras_vis(weights, samples, max_n, method, options)
 
 
 # -- the perturbation family and metrics: parity with PyTorch ---------------------------------
-
-PERTURBATION_METHODS = [
-    ("scorecam", {}),
-    ("sscam", {"samples": 2, "noise": 0.3, "seed": 4}),
-    ("iscam", {"samples": 2}),
-    ("fasterscorecam", {"channels": 3}),
-    ("ablationcam", {}),
-    ("smoothgradcam++", {"samples": 3, "seed": 4}),
-]
 
 
 @pytest.mark.parametrize(("method", "options"), PERTURBATION_METHODS)
