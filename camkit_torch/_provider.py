@@ -270,17 +270,16 @@ class TorchProvider:
     @contextlib.contextmanager
     def _scoring(self, precision: str, device: torch.device) -> Iterator[None]:
         """Eval mode, no autograd, and autocast to ``precision`` where it is not float32."""
-        grad_mode = torch.is_grad_enabled()
-        try:
-            with self._evaluating(), torch.no_grad():
-                if precision == "float32":
-                    yield
-                    return
-                dtype = torch.bfloat16 if precision == "bfloat16" else torch.float16
-                with torch.autocast(device_type=device.type, dtype=dtype):
-                    yield
-        finally:
-            torch.set_grad_enabled(grad_mode)
+        autocast = (
+            contextlib.nullcontext()
+            if precision == "float32"
+            else torch.autocast(
+                device_type=device.type,
+                dtype=torch.bfloat16 if precision == "bfloat16" else torch.float16,
+            )
+        )
+        with self._evaluating(), torch.no_grad(), autocast:
+            yield
 
     def _scored(self, outputs: Any, target: Target) -> ScoredTarget:
         self._check_outputs(outputs, target)
