@@ -6,10 +6,11 @@
 (N, H, W)
 
 The core imports no framework: backends are plugins found through the ``camkit`` entry-point
-group and imported only when a model of theirs arrives.
+group and imported only when a model of theirs arrives. :mod:`camkit.provider` is the toolkit
+for writing one.
 """
 
-from . import metrics, targets
+from . import metrics, provider, targets
 from ._activation import CAM, EigenCAM, EigenGradCAM
 from ._api import explain, methods
 from ._base import CamMethod, ChannelWeightedMethod, Explanation
@@ -19,6 +20,7 @@ from ._errors import (
     CapabilityError,
     InputError,
     LayerError,
+    ModelError,
     TargetError,
 )
 from ._gradient import (
@@ -38,6 +40,7 @@ from ._protocol import (
     FORWARD_SCORES,
     FUSED_PIPELINE,
     ActivationGradientProvider,
+    Batch,
     Capture,
     Precision,
 )
@@ -66,6 +69,7 @@ __all__ = [
     "Backend",
     "BackendError",
     "BackendInfo",
+    "Batch",
     "CamMethod",
     "CamkitError",
     "CapabilityError",
@@ -82,6 +86,7 @@ __all__ = [
     "InputError",
     "LayerCAM",
     "LayerError",
+    "ModelError",
     "Precision",
     "ScoreCAM",
     "SmoothGradCAMPlusPlus",
@@ -95,6 +100,7 @@ __all__ = [
     "metrics",
     "module_available",
     "overlay",
+    "provider",
     "register_backend",
     "targets",
 ]

@@ -13,7 +13,7 @@ from array_api_compat import array_namespace
 from . import _ops
 from ._base import CamMethod, ChannelWeightedMethod
 from ._errors import LayerError, TargetError
-from ._protocol import CLASSIFIER_WEIGHTS, Capture
+from ._protocol import CLASSIFIER_WEIGHTS, Batch, Capture, capability
 
 __all__ = ["CAM", "EigenCAM", "EigenGradCAM"]
 
@@ -47,10 +47,11 @@ class CAM(ChannelWeightedMethod):
 
     def _classifier_weights(self) -> Array:
         # Read at every call: the model's weights may have changed since construction.
-        provider: Any = self.provider
-        return provider.classifier_weights(self.classifier)
+        return capability(self.provider, CLASSIFIER_WEIGHTS).classifier_weights(self.classifier)
 
-    def channel_weights(self, activations: Array, gradients: None, capture: Capture) -> Array:
+    def channel_weights(
+        self, activations: Array, gradients: None, capture: Capture, batch: Batch
+    ) -> Array:
         if capture.indices is None:
             raise TargetError(
                 "CAM weights channels by one class's classifier weights, so target= must be a "
@@ -82,7 +83,9 @@ class EigenCAM(CamMethod):
     needs_gradients = False
     relu_by_default = False
 
-    def layer_map(self, activations: Array, gradients: None, capture: Capture) -> Array:
+    def layer_map(
+        self, activations: Array, gradients: None, capture: Capture, batch: Batch
+    ) -> Array:
         return _ops.first_principal_projection(activations)
 
 
@@ -98,5 +101,7 @@ class EigenGradCAM(CamMethod):
     paper = "Gildenblat et al., pytorch-grad-cam (2021), no paper"
     relu_by_default = False
 
-    def layer_map(self, activations: Array, gradients: Array, capture: Capture) -> Array:
+    def layer_map(
+        self, activations: Array, gradients: Array, capture: Capture, batch: Batch
+    ) -> Array:
         return _ops.first_principal_projection(gradients * activations)

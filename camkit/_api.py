@@ -86,7 +86,8 @@ def explain(
         backend: a backend name to override automatic selection.
         size: ``"input"``, ``"layer"`` or ``(H, W)``: the maps' size.
         **options: the method's options: ``relu``, ``normalize``, ``fusion``, ``grid``,
-            ``prefix_tokens``, and per method ``variant`` (Grad-CAM++), ``classifier`` (CAM),
+            ``prefix_tokens``, ``nonfinite`` (see :class:`CamMethod`), and per method
+            ``variant`` (Grad-CAM++), ``classifier`` (CAM),
             ``samples``/``noise``/``seed`` (the smoothed methods), ``batch_size``,
             ``precision``, ``progress`` and ``weighting`` (the perturbation family),
             ``channels`` (Faster Score-CAM).
@@ -94,9 +95,11 @@ def explain(
     Returns:
         an :class:`Explanation` whose ``cams`` are numpy float32 ``(N, H, W)``.
     """
-    cls = _METHODS.get(method)
+    cls = _METHODS.get(method) if isinstance(method, str) else None
     if cls is None:
-        known = closest_names(method, _METHODS)
+        known = closest_names(method, _METHODS) if isinstance(method, str) else (
+            f"use one of {', '.join(map(repr, _METHODS))}"
+        )  # fmt: skip
         raise InputError(f"method={method!r} is not a camkit method; {known}")
     valid = _option_names(cls) - {"backend", "size"}
     unknown = sorted(set(options) - valid)

@@ -10,7 +10,9 @@ pipeline around it is the same for every method:
    to the output size, then a per-map min-max normalization if ``normalize == "minmax"``;
 3. several layers are fused (mean, max or product) and the fused map normalized again.
 
-Everything up to the final maps runs in the backend's namespace, on the model's device.
+Everything up to the final maps runs in the backend's namespace, on the model's device. Only the
+final maps and scores come back to the host, and they are what non-finite inputs are detected
+from: no extra check waits on the device.
 """
 
 from __future__ import annotations
@@ -24,16 +26,31 @@ from typing import Any, ClassVar, Literal
 
 import numpy as np
 
-from . import _ops
+from . import _checks, _ops
 from ._errors import CamkitError, CapabilityError, InputError
-from ._protocol import FUSED_PIPELINE, Capture
+from ._protocol import (
+    FORWARD_SCORES,
+    FUSED_PIPELINE,
+    ActivationGradientProvider,
+    Batch,
+    Capture,
+    capability,
+)
 from ._registry import provider_for
 from ._targets import Target, TargetLike, as_target
 
-__all__ = ["CamMethod", "ChannelWeightedMethod", "Explanation", "Normalize", "OutputSize"]
+__all__ = [
+    "CamMethod",
+    "ChannelWeightedMethod",
+    "Explanation",
+    "NonFinite",
+    "Normalize",
+    "OutputSize",
+]
 
 Array = Any
 Normalize = Literal["minmax", "none"]
+NonFinite = Literal["raise", "nan"]
 OutputSize = Literal["input", "layer"] | tuple[int, int]
 LayerLike = str | object
 
@@ -86,6 +103,12 @@ class CamMethod(ABC):
         grid: ``(h, w)`` patch grid of token layers ``(N, T, C)``; ``None`` for a square grid.
         prefix_tokens: leading tokens (class, registers) to drop from token layers; ``None``
             drops the fewest that leave ``h * w`` tokens.
+        nonfinite: what a sample whose score or map is NaN or infinite (NaN or inf in its
+            inputs, say) gets: ``"raise"`` an :class:`~camkit.InputError` naming the samples,
+            ``"nan"`` a map of NaN (so that a long run goes on and the sample can be dropped).
+
+    A method object may be called from several threads; calls on one model run one at a time
+    (each backend holds the model's lock while it runs the model).
     """
 
     #: The name ``camkit.explain`` knows the method by.
@@ -100,8 +123,10 @@ class CamMethod(ABC):
     requires: ClassVar[frozenset[str]] = frozenset()
     #: Whether the map pipeline is a pure function of the capture (compilable with it).
     fusable: ClassVar[bool] = True
-    #: Whether the method reads ``capture.inputs`` and ``capture.target`` (to run more passes).
+    #: Whether the method reads ``batch.inputs`` and ``batch.target`` (to run more passes).
     needs_inputs: ClassVar[bool] = False
+
+    provider: ActivationGradientProvider
 
     def __init__(
         self,
@@ -115,28 +140,34 @@ class CamMethod(ABC):
         fusion: _ops.Fusion = "mean",
         grid: tuple[int, int] | None = None,
         prefix_tokens: int | None = None,
+        nonfinite: NonFinite = "raise",
     ) -> None:
-        if normalize not in ("minmax", "none"):
-            raise InputError(f"normalize={normalize!r} is not valid; use 'minmax' or 'none'")
-        if fusion not in ("mean", "max", "product"):
-            raise InputError(f"fusion={fusion!r} is not valid; use 'mean', 'max' or 'product'")
-        if not (size in ("input", "layer") or _is_size_pair(size)):
-            raise InputError(f"size={size!r} is not valid; use 'input', 'layer' or (height, width)")
+        self.normalize: Normalize = _checks.one_of(normalize, "normalize", ("minmax", "none"))
+        self.fusion: _ops.Fusion = _checks.one_of(fusion, "fusion", ("mean", "max", "product"))
+        self.size: OutputSize = (
+            size
+            if isinstance(size, str) and size in ("input", "layer")
+            else _checks.positive_pair(size, "size", "'input', 'layer' or (height, width)")
+        )
+        flag = _checks.optional_flag(relu, "relu")
+        self.relu = self.relu_by_default if flag is None else flag
+        self.grid = None if grid is None else _checks.positive_pair(
+            grid, "grid", "(rows, columns) of the patch tokens, or None for a square grid"
+        )  # fmt: skip
+        self.prefix_tokens = (
+            None if prefix_tokens is None
+            else _checks.non_negative_int(prefix_tokens, "prefix_tokens")
+        )  # fmt: skip
+        self.nonfinite: NonFinite = _checks.one_of(nonfinite, "nonfinite", ("raise", "nan"))
         self.backend, self.provider = provider_for(model, backend)
         missing = self.requires - self.provider.capabilities
         if missing:
             raise CapabilityError(
-                f"method {self.name!r} needs the capability {sorted(missing)[0]!r}, which the "
-                f"{self.backend!r} backend does not provide for this model "
+                f"method {self.name!r} needs the capability {str(sorted(missing)[0])!r}, which "
+                f"the {self.backend!r} backend does not provide for this model "
                 f"({type(model).__qualname__}); choose a method that needs only "
-                f"{sorted(self.provider.capabilities) or 'activations and gradients'}"
+                f"{sorted(map(str, self.provider.capabilities)) or 'activations and gradients'}"
             )
-        self.relu = self.relu_by_default if relu is None else bool(relu)
-        self.normalize = normalize
-        self.size = size
-        self.fusion = fusion
-        self.grid = grid
-        self.prefix_tokens = prefix_tokens
         self._layers = None if layer is None else self._resolve(layer)
         self._closed = False
 
@@ -157,22 +188,22 @@ class CamMethod(ABC):
         :func:`camkit.explain`."""
         if self._closed:
             raise CamkitError(f"this {type(self).__name__} is closed; create a new one")
+        chosen = as_target(target)
         if self._layers is None:
             self._layers = (self.provider.default_layer(inputs),)
-        provider: Any = self.provider
-        request = (inputs, self._layers, as_target(target))
-        if self.fusable and FUSED_PIPELINE in provider.capabilities:
-            cams, capture = provider.run_pipeline(
-                *request, gradients=self.needs_gradients, pipeline=self._detached()._pipeline,
-                key=self._pipeline_key(),
+        layers = self._layers
+        if self.fusable and FUSED_PIPELINE in self.provider.capabilities:
+            cams, capture = capability(self.provider, FUSED_PIPELINE).run_pipeline(
+                inputs, layers, chosen, gradients=self.needs_gradients,
+                pipeline=self._detached()._pipeline, key=self._pipeline_key(),
             )  # fmt: skip
         else:
-            capture = self._capture(*request)
+            capture = self._capture(inputs, layers, chosen)
+            batch = Batch(self.provider.input_size(inputs))
             if self.needs_inputs:
-                capture = dataclasses.replace(
-                    capture, inputs=provider.core_inputs(inputs), target=request[2]
-                )
-            cams = self._pipeline(capture, provider.input_size(inputs))
+                x = capability(self.provider, FORWARD_SCORES).core_inputs(inputs)
+                batch = dataclasses.replace(batch, inputs=x, target=chosen)
+            cams = self._pipeline(capture, batch)
         return self._explanation(cams, capture)
 
     def _capture(self, inputs: Any, layers: Sequence[str], target: Target) -> Capture:
@@ -181,8 +212,7 @@ class CamMethod(ABC):
 
     def _pipeline_key(self) -> tuple[Any, ...]:
         """Everything the map pipeline depends on: equal keys give equal pipelines."""
-        size = self.size if isinstance(self.size, str) else tuple(self.size)
-        options = (self.relu, self.normalize, size, self.fusion, self.grid, self.prefix_tokens)
+        options = (self.relu, self.normalize, self.size, self.fusion, self.grid, self.prefix_tokens)
         return (type(self), *options, *self._method_options())
 
     def _method_options(self) -> tuple[Any, ...]:
@@ -195,34 +225,38 @@ class CamMethod(ABC):
         clone.provider = None  # type: ignore[assignment]
         return clone
 
-    def _pipeline(self, capture: Capture, input_size: tuple[int, int]) -> Array:
+    def _pipeline(self, capture: Capture, batch: Batch) -> Array:
         """Capture -> maps ``(N, H, W)``: a pure function of the capture's arrays."""
-        maps = self._layer_maps(capture)
-        out_size = self._output_size(input_size, maps)
+        maps = self._layer_maps(capture, batch)
+        out_size = self._output_size(batch.size, maps)
         maps = [self._finish(m, out_size) for m in maps]
         cams = _ops.fuse(maps, self.fusion)
         if len(maps) > 1 and self.normalize == "minmax":
             cams = _ops.normalize_minmax(cams)
         return cams
 
-    def _layer_maps(self, capture: Capture) -> list[Array]:
+    def _layer_maps(self, capture: Capture, batch: Batch) -> list[Array]:
         """Each layer's raw map ``(N, h, w)``, in the order of ``layers``."""
         gradients = capture.gradients or (None,) * len(capture.activations)
         maps = []
-        for activations, layer_gradients in zip(capture.activations, gradients, strict=True):
-            activations = self._as_grid(activations)
+        for layer, activations, layer_gradients in zip(
+            self._layers or (), capture.activations, gradients, strict=True
+        ):
+            activations = self._as_grid(activations, layer)
             if layer_gradients is not None:
-                layer_gradients = self._as_grid(layer_gradients)
-            maps.append(self.layer_map(activations, layer_gradients, capture))
+                layer_gradients = self._as_grid(layer_gradients, layer)
+            maps.append(self.layer_map(activations, layer_gradients, capture, batch))
         return maps
 
-    def _as_grid(self, x: Array) -> Array:
+    def _as_grid(self, x: Array, layer: str) -> Array:
+        """A layer's output ``(N, C, H, W)``, or its tokens ``(N, T, C)`` laid out as one."""
         if x.ndim == 3:
             return _ops.tokens_to_grid(x, self.grid, self.prefix_tokens)
         if x.ndim != 4:
             raise InputError(
-                f"layer output has shape {tuple(x.shape)}; camkit needs (N, C, H, W) feature "
-                "maps or (N, tokens, C) token outputs"
+                f"layer {layer!r} outputs shape {tuple(x.shape)}, which has no spatial axes; "
+                "camkit needs (N, C, H, W) feature maps or (N, tokens, C) token outputs: choose "
+                "an earlier layer (layer=None picks the last one with a spatial output)"
             )
         return x
 
@@ -232,8 +266,7 @@ class CamMethod(ABC):
         if self.size == "layer":
             sizes = [(int(m.shape[1]), int(m.shape[2])) for m in maps]
             return max(sizes, key=lambda hw: hw[0] * hw[1])
-        height, width = self.size  # type: ignore[misc]
-        return int(height), int(width)
+        return self.size  # type: ignore[return-value]
 
     def _finish(self, layer_map: Array, size: tuple[int, int]) -> Array:
         if self.relu:
@@ -243,22 +276,37 @@ class CamMethod(ABC):
 
     def _explanation(self, cams: Array, capture: Capture) -> Explanation:
         to_numpy = self.provider.to_numpy
-        count = cams.shape[0]
+        maps = np.ascontiguousarray(to_numpy(cams), dtype=np.float32)
+        scores = to_numpy(capture.scores).astype(np.float32)
+        count = maps.shape[0]
         if capture.indices is None:
             targets = np.full((count,), -1, dtype=np.int64)
         else:
             targets = to_numpy(capture.indices).astype(np.int64)
+        finite = np.isfinite(scores) & np.isfinite(maps.reshape(count, -1)).all(axis=1)
+        if not finite.all():
+            samples = np.flatnonzero(~finite).tolist()
+            if self.nonfinite == "raise":
+                raise InputError(
+                    f"NaN or inf: the scores or maps of samples {samples} are not finite, so "
+                    "their inputs (or the model's weights) hold NaN or inf; check "
+                    "np.isfinite(inputs[i]).all() for those samples, or pass nonfinite='nan' "
+                    "to get NaN maps for them"
+                )
+            maps = np.where(finite[:, None, None], maps, np.float32(np.nan))
         return Explanation(
-            cams=np.ascontiguousarray(to_numpy(cams), dtype=np.float32),
+            cams=maps,
             targets=targets,
-            scores=to_numpy(capture.scores).astype(np.float32),
+            scores=scores,
             layers=tuple(self._layers or ()),
             method=self.name,
             backend=self.backend,
         )
 
     @abstractmethod
-    def layer_map(self, activations: Array, gradients: Array | None, capture: Capture) -> Array:
+    def layer_map(
+        self, activations: Array, gradients: Array | None, capture: Capture, batch: Batch
+    ) -> Array:
         """One layer's raw map, ``(N, C, H, W), (N, C, H, W) -> (N, H, W)``."""
 
     def close(self) -> None:
@@ -282,18 +330,12 @@ class ChannelWeightedMethod(CamMethod):
 
     @abstractmethod
     def channel_weights(
-        self, activations: Array, gradients: Array | None, capture: Capture
+        self, activations: Array, gradients: Array | None, capture: Capture, batch: Batch
     ) -> Array:
         """``(N, C, H, W), (N, C, H, W) -> (N, C)``: one weight per sample and channel."""
 
-    def layer_map(self, activations: Array, gradients: Array | None, capture: Capture) -> Array:
-        weights = self.channel_weights(activations, gradients, capture)
+    def layer_map(
+        self, activations: Array, gradients: Array | None, capture: Capture, batch: Batch
+    ) -> Array:
+        weights = self.channel_weights(activations, gradients, capture, batch)
         return _ops.weighted_channel_sum(weights, activations)
-
-
-def _is_size_pair(size: object) -> bool:
-    return (
-        isinstance(size, (tuple, list))
-        and len(size) == 2
-        and all(isinstance(s, int) and s > 0 for s in size)
-    )

@@ -17,6 +17,7 @@ __all__ = [
     "CapabilityError",
     "InputError",
     "LayerError",
+    "ModelError",
     "TargetError",
 ]
 
@@ -43,6 +44,11 @@ class InputError(CamkitError, ValueError):
 
 class TargetError(CamkitError, IndexError):
     """The ``target`` argument does not fit the model's outputs."""
+
+
+class ModelError(CamkitError, RuntimeError):
+    """The model itself failed while camkit ran it; the original error is chained as the
+    ``__cause__`` and quoted in the message, with the shape and dtype of what the model got."""
 
 
 def closest_names(value: str, names: Iterable[str], limit: int = 5) -> str:

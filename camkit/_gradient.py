@@ -13,10 +13,9 @@ from typing import Any, Literal
 import numpy as np
 from array_api_compat import array_namespace, device
 
-from . import _ops
+from . import _checks, _noise, _ops
 from ._base import CamMethod, ChannelWeightedMethod
-from ._errors import InputError
-from ._protocol import FORWARD_SCORES, Capture
+from ._protocol import FORWARD_SCORES, Batch, Capture, capability
 from ._targets import Target, rows_target
 
 __all__ = [
@@ -53,7 +52,9 @@ class GradCAM(ChannelWeightedMethod):
     name = "gradcam"
     paper = "Selvaraju et al., ICCV 2017, arXiv:1610.02391"
 
-    def channel_weights(self, activations: Array, gradients: Array, capture: Capture) -> Array:
+    def channel_weights(
+        self, activations: Array, gradients: Array, capture: Capture, batch: Batch
+    ) -> Array:
         return _ops.spatial_mean(gradients)
 
 
@@ -90,17 +91,15 @@ class GradCAMPlusPlus(ChannelWeightedMethod):
     variants: tuple[str, ...] = ("paper", "author-code")
 
     def __init__(self, *args: Any, variant: GradCAMPlusPlusVariant = "paper", **kwargs: Any):
-        if variant not in self.variants:
-            raise InputError(
-                f"variant={variant!r} is not a Grad-CAM++ variant; use one of {self.variants}"
-            )
-        self.variant = variant
+        self.variant = _checks.one_of(variant, "variant", self.variants)
         super().__init__(*args, **kwargs)
 
     def _method_options(self) -> tuple[str]:
         return (self.variant,)
 
-    def channel_weights(self, activations: Array, gradients: Array, capture: Capture) -> Array:
+    def channel_weights(
+        self, activations: Array, gradients: Array, capture: Capture, batch: Batch
+    ) -> Array:
         squared = gradients * gradients
         alpha = _plus_plus_alpha(activations, squared, squared * gradients)
         if self.variant == "author-code":
@@ -122,7 +121,9 @@ class XGradCAM(ChannelWeightedMethod):
     name = "xgradcam"
     paper = "Fu et al., BMVC 2020, arXiv:2008.02312"
 
-    def channel_weights(self, activations: Array, gradients: Array, capture: Capture) -> Array:
+    def channel_weights(
+        self, activations: Array, gradients: Array, capture: Capture, batch: Batch
+    ) -> Array:
         xp = array_namespace(activations, gradients)
         weighted = xp.sum(activations * gradients, axis=(2, 3))
         return _nonzero_divide(weighted, xp.sum(activations, axis=(2, 3)))
@@ -142,7 +143,9 @@ class HiResCAM(CamMethod):
     name = "hirescam"
     paper = "Draelos & Carin, 2020, arXiv:2011.08891"
 
-    def layer_map(self, activations: Array, gradients: Array, capture: Capture) -> Array:
+    def layer_map(
+        self, activations: Array, gradients: Array, capture: Capture, batch: Batch
+    ) -> Array:
         return array_namespace(activations).sum(gradients * activations, axis=1)
 
 
@@ -156,7 +159,9 @@ class GradCAMElementWise(CamMethod):
     name = "gradcam-elementwise"
     paper = "Gildenblat et al., pytorch-grad-cam (2021), no paper"
 
-    def layer_map(self, activations: Array, gradients: Array, capture: Capture) -> Array:
+    def layer_map(
+        self, activations: Array, gradients: Array, capture: Capture, batch: Batch
+    ) -> Array:
         return array_namespace(activations).sum(_ops.relu(gradients * activations), axis=1)
 
 
@@ -173,7 +178,9 @@ class LayerCAM(CamMethod):
     name = "layercam"
     paper = "Jiang et al., IEEE TIP 2021, doi:10.1109/TIP.2021.3089943"
 
-    def layer_map(self, activations: Array, gradients: Array, capture: Capture) -> Array:
+    def layer_map(
+        self, activations: Array, gradients: Array, capture: Capture, batch: Batch
+    ) -> Array:
         return array_namespace(activations).sum(_ops.relu(gradients) * activations, axis=1)
 
 
@@ -188,8 +195,9 @@ class SmoothGradCAMPlusPlus(ChannelWeightedMethod):
 
     where ``A`` are the activations of the unperturbed input, whose target class every noisy
     pass keeps. ``sigma = noise * (max X[n] - min X[n])``, SmoothGrad's relative noise level.
-    ``seed`` makes the noise reproducible. (torchcam 0.5 instead sums ``D_3 * A`` per pixel
-    and weights with the last sample's gradients in place of ``D_1``.)
+    ``seed`` makes the noise reproducible; draw ``i`` is the same for every sample of a batch,
+    so an image's map does not depend on the batch it is in. (torchcam 0.5 instead sums
+    ``D_3 * A`` per pixel and weights with the last sample's gradients in place of ``D_1``.)
 
     Omeiza et al., "Smooth Grad-CAM++: An Enhanced Inference Level Visualization Technique for
     Deep Convolutional Neural Network Models", arXiv:1908.01224 (2019), eqs. 6-8; noise as in
@@ -206,33 +214,29 @@ class SmoothGradCAMPlusPlus(ChannelWeightedMethod):
         self, *args: Any, samples: int = 10, noise: float = 0.15, seed: int | None = None,
         **kwargs: Any,
     ) -> None:  # fmt: skip
-        if isinstance(samples, bool) or not isinstance(samples, int) or samples < 1:
-            raise InputError(f"samples={samples!r} is not valid; use a positive integer")
-        if not noise >= 0:
-            raise InputError(f"noise={noise!r} is not valid; use a fraction of the input range")
-        self.samples = samples
-        self.noise = float(noise)
-        self.seed = seed
+        self.samples = _checks.positive_int(samples, "samples")
+        self.noise = _checks.number(noise, "noise", minimum=0)
+        self.seed = _checks.seed(seed)
         super().__init__(*args, **kwargs)
 
     def _capture(self, inputs: Any, layers: Sequence[str], target: Target) -> Capture:
-        provider: Any = self.provider
-        clean = provider.capture(inputs, layers, target, gradients=False)
+        provider = capability(self.provider, FORWARD_SCORES)
+        clean = self.provider.capture(inputs, layers, target, gradients=False)
         x = provider.core_inputs(inputs)
         xp = array_namespace(x)
         spread = xp.max(x, axis=(1, 2, 3), keepdims=True) - xp.min(x, axis=(1, 2, 3), keepdims=True)
-        indices = None if clean.indices is None else provider.to_numpy(clean.indices)
+        indices = None if clean.indices is None else self.provider.to_numpy(clean.indices)
         pinned = rows_target(target, indices, np.arange(x.shape[0]), probability=False)
-        # host noise, drawn channels-first: every backend sees the same noise for one seed
-        rng = np.random.default_rng(self.seed)
+        seed = _noise.run_seed(self.seed)
         sums: list[list[Array]] | None = None
-        for _ in range(self.samples):
-            noise = xp.asarray(
-                rng.standard_normal(tuple(x.shape), dtype=np.float32), device=device(x)
-            )
+        for repeat in range(self.samples):
+            # one draw per repeat, shared by every sample: a sample's noise never depends on
+            # the batch it came in
+            draw = _noise.normal(seed, (repeat,), tuple(x.shape[1:]))
+            noise = xp.asarray(draw, device=device(x))[None, ...]
             noisy = provider.native_inputs(x + noise * (self.noise * spread))
-            gradients = provider.capture(noisy, layers, pinned, gradients=True).gradients
-            powers = [[g, g * g, g * g * g] for g in gradients]
+            gradients = self.provider.capture(noisy, layers, pinned, gradients=True).gradients
+            powers = [[g, g * g, g * g * g] for g in gradients or ()]
             sums = powers if sums is None else [
                 [total + power for total, power in zip(layer_sums, layer_powers, strict=True)]
                 for layer_sums, layer_powers in zip(sums, powers, strict=True)
@@ -246,7 +250,9 @@ class SmoothGradCAMPlusPlus(ChannelWeightedMethod):
         )
         return dataclasses.replace(clean, gradients=stacked)
 
-    def channel_weights(self, activations: Array, gradients: Array, capture: Capture) -> Array:
+    def channel_weights(
+        self, activations: Array, gradients: Array, capture: Capture, batch: Batch
+    ) -> Array:
         xp = array_namespace(activations, gradients)
         channels = activations.shape[1]
         first, second, third = (gradients[:, i * channels : (i + 1) * channels] for i in range(3))

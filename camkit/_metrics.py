@@ -11,18 +11,24 @@ them. Every result holds per-sample values and their mean. The public names are 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 import numpy as np
 from array_api_compat import array_namespace, device
 
-from . import _ops
+from . import _checks, _ops
 from ._base import Explanation
 from ._errors import CapabilityError, InputError
 from ._progress import Progress
-from ._protocol import FORWARD_SCORES, Precision
+from ._protocol import (
+    FORWARD_SCORES,
+    ActivationGradientProvider,
+    ForwardScores,
+    Precision,
+    capability,
+)
 from ._registry import provider_for
-from ._targets import TargetLike, as_target, rows_target
+from ._targets import Target, TargetLike, as_target, rows_target
 
 Array = Any
 Baseline = float | Literal["blur"] | Any
@@ -30,11 +36,24 @@ Score = Literal["probability", "target"]
 Regions = Any  # per sample: a mask (H, W), a box (x0, y0, x1, y1) or a sequence of boxes
 
 
+def _not_finite(values: np.ndarray) -> list[int]:
+    """The samples (first axis) of ``values`` holding NaN or inf."""
+    return np.flatnonzero(~np.isfinite(values.reshape(len(values), -1)).all(axis=1)).tolist()
+
+
 def _maps(cams: Explanation | Any, argument: str = "cams") -> np.ndarray:
     maps = cams.cams if isinstance(cams, Explanation) else np.asarray(cams)
-    if maps.ndim != 3:
+    if maps.ndim != 3 or maps.size == 0:
         raise InputError(
             f"{argument} has shape {maps.shape}; expected maps (N, H, W) or a camkit.Explanation"
+        )
+    if not np.issubdtype(maps.dtype, np.number) or np.issubdtype(maps.dtype, np.complexfloating):
+        raise InputError(f"{argument} has dtype {maps.dtype}; expected real-valued maps")
+    bad = _not_finite(maps)
+    if bad:
+        raise InputError(
+            f"{argument} hold NaN or inf for samples {bad}; drop those samples (an explanation "
+            "made with nonfinite='nan' marks them with NaN maps)"
         )
     return maps.astype(np.float32, copy=False)
 
@@ -43,9 +62,10 @@ def _maps(cams: Explanation | Any, argument: str = "cams") -> np.ndarray:
 class _Scoring:
     """A model's provider, its channels-first inputs and the target pinned per sample."""
 
-    provider: Any
+    provider: ActivationGradientProvider
+    forward: ForwardScores
     inputs: Array
-    target: Any
+    target: Target
     indices: np.ndarray | None
     probability: bool
 
@@ -53,20 +73,25 @@ class _Scoring:
     def of(
         cls, model: Any, inputs: Any, target: TargetLike, backend: str | None, score: Score
     ) -> _Scoring:
-        if score not in ("probability", "target"):
-            raise InputError(f"score={score!r} is not valid; use 'probability' or 'target'")
-        name, found = provider_for(model, backend)
-        provider: Any = found
+        _checks.one_of(score, "score", ("probability", "target"))
+        chosen = as_target(target)
+        name, provider = provider_for(model, backend)
         if FORWARD_SCORES not in provider.capabilities:
             raise CapabilityError(
-                f"camkit.metrics needs the capability {FORWARD_SCORES!r}, which the {name!r} "
-                f"backend does not provide for {type(model).__qualname__}"
+                f"camkit.metrics needs the capability {str(FORWARD_SCORES)!r}, which the "
+                f"{name!r} backend does not provide for {type(model).__qualname__}"
             )
-        x = provider.core_inputs(inputs)
-        chosen = as_target(target)
-        scored = provider.forward_scores(x, chosen, precision="float32")
+        forward = capability(provider, FORWARD_SCORES)
+        x = forward.core_inputs(inputs)
+        scored = forward.forward_scores(x, chosen, precision="float32")
+        bad = _not_finite(provider.to_numpy(scored.scores))
+        if bad:
+            raise InputError(
+                f"NaN or inf: the scores of samples {bad} are not finite, so their inputs (or "
+                "the model's weights) hold NaN or inf; check np.isfinite(inputs[i]).all()"
+            )
         indices = None if scored.indices is None else provider.to_numpy(scored.indices)
-        return cls(provider, x, chosen, indices, score == "probability")
+        return cls(provider, forward, x, chosen, indices, score == "probability")
 
     def check(self, maps: np.ndarray) -> None:
         expected = (self.inputs.shape[0], *self.inputs.shape[-2:])
@@ -79,7 +104,7 @@ class _Scoring:
     def scores(self, images: Array, rows: np.ndarray, precision: Precision) -> Array:
         """The pinned target's scores of ``images``, whose row ``b`` derives from ``rows[b]``."""
         target = rows_target(self.target, self.indices, rows, probability=self.probability)
-        return self.provider.forward_scores(images, target, precision=precision).scores
+        return self.forward.forward_scores(images, target, precision=precision).scores
 
     def on_device(self, array: np.ndarray) -> Array:
         xp = array_namespace(self.inputs)
@@ -110,19 +135,32 @@ class Curves:
         return float(np.mean(self.auc))
 
 
+def _broadcasts(given: tuple[int, ...], shape: tuple[int, ...]) -> bool:
+    try:
+        return np.broadcast_shapes(given, shape) == shape
+    except ValueError:
+        return False
+
+
 def _baseline(scoring: _Scoring, baseline: Baseline, blur_sigma: float) -> Array:
     x = scoring.inputs
+    wanted = "'blur', a number or an array shaped like the channels-first inputs"
     if isinstance(baseline, str):
-        if baseline != "blur":
-            raise InputError(
-                f"baseline={baseline!r} is not valid; use 'blur', a number or an array shaped "
-                "like the inputs (channels-first)"
-            )
+        _checks.one_of(baseline, "baseline", ("blur",))
         return _ops.blur_gaussian(x, blur_sigma)
-    if isinstance(baseline, (int, float)):
-        return x * 0 + float(baseline)
-    values = scoring.on_device(np.asarray(baseline, dtype=np.float32))
-    return x * 0 + values
+    if isinstance(baseline, int | float) and not isinstance(baseline, bool):
+        return x * 0 + _checks.number(baseline, "baseline")
+    try:
+        values = np.asarray(baseline, dtype=np.float32)
+    except (TypeError, ValueError):
+        raise InputError(f"baseline={baseline!r} is not valid; use {wanted}") from None
+    shape = tuple(int(s) for s in x.shape)
+    if not _broadcasts(values.shape, shape):
+        raise InputError(
+            f"baseline has shape {values.shape}, which does not broadcast to the inputs' "
+            f"channels-first shape {shape}; use {wanted}"
+        )
+    return x * 0 + scoring.on_device(values)
 
 
 def _curves(
@@ -130,10 +168,10 @@ def _curves(
     steps: int, baseline: Baseline, blur_sigma: float, score: Score, batch_size: int,
     backend: str | None, precision: Precision, progress: bool | None,
 ) -> Curves:  # fmt: skip
-    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
-        raise InputError(f"steps={steps!r} is not valid; use a positive integer")
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-        raise InputError(f"batch_size={batch_size!r} is not valid; use a positive integer")
+    _checks.positive_int(steps, "steps")
+    _checks.positive_int(batch_size, "batch_size")
+    _checks.one_of(precision, "precision", get_args(Precision))
+    _checks.number(blur_sigma, "blur_sigma", minimum=0)
     maps = _maps(cams)
     scoring = _Scoring.of(model, inputs, target, backend, score)
     scoring.check(maps)
@@ -146,8 +184,8 @@ def _curves(
     np.put_along_axis(rank, order, np.arange(pixels)[None, :], axis=1)
     ranks = scoring.on_device(rank.reshape(maps.shape).astype(np.float32))
     changed_counts = (np.arange(steps + 1) * pixels) // steps
-    start_images = x if not insert else _baseline(scoring, baseline, blur_sigma)
-    end_images = _baseline(scoring, baseline, blur_sigma) if not insert else x
+    removed = _baseline(scoring, baseline, blur_sigma)
+    start_images, end_images = (removed, x) if insert else (x, removed)
     points = count * (steps + 1)
     meter = Progress("insertion" if insert else "deletion", points, progress)
     chunks = []
@@ -287,6 +325,8 @@ def confidence_change(
 
     Chattopadhay et al., "Grad-CAM++", WACV 2018, section 5.1 (eqs. 20-21).
     """
+    _checks.positive_int(batch_size, "batch_size")
+    _checks.one_of(precision, "precision", get_args(Precision))
     maps = _maps(cams)
     scoring = _Scoring.of(model, inputs, target, backend, score)
     scoring.check(maps)
@@ -309,9 +349,11 @@ def confidence_change(
 
 def _region_masks(regions: Regions, shape: tuple[int, int, int]) -> np.ndarray:
     """Boolean ``(N, H, W)`` masks from masks ``(N, H, W)``, boxes ``(N, 4)``, or one item per
-    sample (a mask ``(H, W)``, a box, or a sequence of boxes).
+    sample (a mask ``(H, W)``, a box, or a sequence of boxes ``(k, 4)``).
 
-    A box is ``(x0, y0, x1, y1)`` in pixels, ``x1`` and ``y1`` exclusive.
+    A box is ``(x0, y0, x1, y1)`` in pixels, ``x1`` and ``y1`` exclusive, with ``x0 < x1`` and
+    ``y0 < y1``; a box reaching past the border is clipped to the image, one wholly outside it
+    is an error (it could never be hit).
     """
     count, height, width = shape
     items = list(np.asarray(regions)) if hasattr(regions, "shape") else list(regions)
@@ -326,12 +368,25 @@ def _region_masks(regions: Regions, shape: tuple[int, int, int]) -> np.ndarray:
         if array.shape == (height, width):
             masks[n] = array.astype(bool)
             continue
-        if array.size == 0 or array.size % 4:
+        boxes = array.dtype != bool and array.size and array.shape[-1:] == (4,) and array.ndim < 3
+        if not boxes:
             raise InputError(
-                f"regions[{n}] has shape {array.shape}; expected a mask ({height}, {width}), a "
-                "box (x0, y0, x1, y1) or a sequence of boxes"
+                f"regions[{n}] has shape {array.shape}; expected a mask ({height}, {width}) at "
+                "the maps' resolution, a box (x0, y0, x1, y1) or a sequence of boxes (k, 4)"
             )
-        for x0, y0, x1, y1 in np.rint(array.reshape(-1, 4)).astype(np.int64):
+        for box in array.reshape(-1, 4).astype(np.float64):
+            x0, y0, x1, y1 = box
+            if not (np.isfinite(box).all() and x0 < x1 and y0 < y1):
+                raise InputError(
+                    f"regions[{n}] has the box {tuple(box.tolist())}; a box is (x0, y0, x1, y1) "
+                    "with x0 < x1 and y0 < y1, in pixels"
+                )
+            if x1 <= 0 or y1 <= 0 or x0 >= width or y0 >= height:
+                raise InputError(
+                    f"regions[{n}] has the box {tuple(box.tolist())}, which lies outside the "
+                    f"maps' {width}x{height} pixels; give boxes in the maps' pixel coordinates"
+                )
+            x0, y0, x1, y1 = np.rint(box).astype(np.int64)
             masks[n, max(y0, 0) : min(y1, height), max(x0, 0) : min(x1, width)] = True
     return masks
 
@@ -358,6 +413,7 @@ def pointing_game(
     Zhang et al., "Top-down Neural Attention by Excitation Backprop", ECCV 2016 / IJCV 2018,
     section 5.1 (15-pixel tolerance).
     """
+    tolerance = _checks.number(tolerance, "tolerance", minimum=0)
     maps = _maps(cams)
     masks = _region_masks(regions, maps.shape)
     hits = np.zeros(maps.shape[0], dtype=bool)
@@ -405,5 +461,6 @@ def quantus_attributions(
     """
     maps = _maps(cams)
     if size is not None:
-        maps = _ops.resize_bilinear(maps, (int(size[0]), int(size[1])))
+        size = _checks.positive_pair(size, "size", "(height, width) of the inputs, or None")
+        maps = _ops.resize_bilinear(maps, size)
     return np.ascontiguousarray(maps[:, None, :, :], dtype=np.float32)

@@ -11,6 +11,7 @@ from typing import Any
 
 import numpy as np
 
+from . import _checks
 from ._errors import InputError
 
 __all__ = ["COLORMAPS", "image_grid", "overlay"]
@@ -36,10 +37,10 @@ def _as_rgb_uint8(image: Any, argument: str) -> np.ndarray:
         array = array[..., 0]
     if array.ndim == 2:
         array = np.stack([array] * 3, axis=-1)
-    if array.ndim != 3 or array.shape[-1] != 3:
+    if array.ndim != 3 or array.shape[-1] != 3 or 0 in array.shape:
         raise InputError(
             f"{argument} has shape {np.asarray(image).shape}; expected an RGB image (H, W, 3), "
-            "a channels-first (3, H, W) one, or a grayscale (H, W)"
+            "a channels-first (3, H, W) one, or a grayscale (H, W), with at least one pixel"
         )
     if array.dtype == np.uint8:
         return array
@@ -62,20 +63,23 @@ def overlay(image: Any, cam: Any, alpha: float = 0.5, colormap: str = "jet") -> 
     ``[0, 1]``. ``cam`` is one map ``(h, w)``; it is resized bilinearly to ``(H, W)``, and
     min-max normalized if its values leave ``[0, 1]``. Returns uint8 RGB ``(H, W, 3)``.
     """
+    alpha = _checks.number(alpha, "alpha", minimum=0, maximum=1)
+    _checks.one_of(colormap, "colormap", COLORMAPS)
     cv2 = _cv2()
     picture = _as_rgb_uint8(image, "image")
     heat = np.asarray(cam, dtype=np.float32)
     if heat.ndim == 3 and heat.shape[0] == 1:
         heat = heat[0]
-    if heat.ndim != 2:
+    if heat.ndim != 2 or heat.size == 0:
         raise InputError(
             f"cam has shape {np.asarray(cam).shape}; overlay takes one map (h, w): pass "
             "explanation.cams[i] for the i-th image"
         )
-    if not 0.0 <= alpha <= 1.0:
-        raise InputError(f"alpha={alpha!r} must lie in [0, 1]")
-    if colormap not in COLORMAPS:
-        raise InputError(f"colormap={colormap!r} is not known; use one of {COLORMAPS}")
+    if not np.isfinite(heat).all():
+        raise InputError(
+            "cam holds NaN or inf; overlay needs a finite map (a sample explained with "
+            "nonfinite='nan' has no map to show)"
+        )
     low, high = float(np.min(heat)), float(np.max(heat))
     if low < 0.0 or high > 1.0:  # by the map's own range, before resizing can miss its extremes
         heat = (heat - low) / (high - low) if high > low else np.zeros_like(heat)
@@ -100,13 +104,14 @@ def image_grid(
     Images of different sizes are centred in cells of the largest size. ``columns`` defaults
     to all images in one row; ``titles`` (one per image) are written above the cells.
     """
-    if not images:
+    if len(images) == 0:
         raise InputError("images is empty; pass at least one image")
     if titles is not None and len(titles) != len(images):
         raise InputError(f"titles has {len(titles)} entries for {len(images)} images")
+    padding = _checks.non_negative_int(padding, "padding")
+    columns = len(images) if columns is None else _checks.positive_int(columns, "columns")
     cv2 = _cv2()
     tiles = [_as_rgb_uint8(image, f"images[{i}]") for i, image in enumerate(images)]
-    columns = len(tiles) if columns is None else max(1, int(columns))
     rows = -(-len(tiles) // columns)
     cell_h = max(t.shape[0] for t in tiles)
     cell_w = max(t.shape[1] for t in tiles)

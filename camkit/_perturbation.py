@@ -19,12 +19,20 @@ from typing import Any, Literal, get_args
 import numpy as np
 from array_api_compat import array_namespace, device
 
-from . import _ops
+from . import _checks, _noise, _ops
 from ._base import CamMethod
-from ._errors import CamkitError, InputError
+from ._errors import CamkitError
 from ._gradient import _nonzero_divide
 from ._progress import Progress
-from ._protocol import FORWARD_FROM_LAYER, FORWARD_SCORES, Capture, Precision
+from ._protocol import (
+    FORWARD_FROM_LAYER,
+    FORWARD_SCORES,
+    ActivationGradientProvider,
+    Batch,
+    Capture,
+    Precision,
+    capability,
+)
 from ._targets import Target, rows_target
 
 __all__ = ["ISCAM", "SSCAM", "AblationCAM", "FasterScoreCAM", "ScoreCAM"]
@@ -33,27 +41,26 @@ Array = Any
 Weighting = Literal["class-softmax", "channel-softmax"]
 
 
-def _check_positive_int(value: object, argument: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
-        raise InputError(f"{argument}={value!r} is not valid; use a positive integer")
-    return int(value)
-
-
-def _check_precision(precision: object) -> Precision:
-    if precision not in get_args(Precision):
-        raise InputError(f"precision={precision!r} is not valid; use one of {get_args(Precision)}")
-    return precision  # type: ignore[return-value]
-
-
-def _host_indices(provider: Any, capture: Capture) -> np.ndarray | None:
+def _host_indices(provider: ActivationGradientProvider, capture: Capture) -> np.ndarray | None:
     return None if capture.indices is None else provider.to_numpy(capture.indices)
 
 
-def _filled(capture: Capture) -> tuple[Array, Target]:
+def _filled(batch: Batch) -> tuple[Array, Target]:
     """The inputs and target that the core fills in for methods with ``needs_inputs``."""
-    if capture.inputs is None or capture.target is None:
-        raise CamkitError("this method needs the capture's inputs and target; call the method")
-    return capture.inputs, capture.target
+    if batch.inputs is None or batch.target is None:
+        raise CamkitError("this method needs the batch's inputs and target; call the method")
+    return batch.inputs, batch.target
+
+
+def _run_options(
+    batch_size: object, precision: object, progress: object
+) -> tuple[int, Precision, bool | None]:
+    """The options every method that runs forward passes shares, checked."""
+    return (
+        _checks.positive_int(batch_size, "batch_size"),
+        _checks.one_of(precision, "precision", get_args(Precision)),  # type: ignore[arg-type]
+        _checks.optional_flag(progress, "progress"),
+    )
 
 
 def _sample_rows(inputs: Array, rows: np.ndarray) -> Array:
@@ -114,17 +121,17 @@ class ScoreCAM(CamMethod):
         progress: bool | None = None,
         **kwargs: Any,
     ) -> None:
-        if weighting not in self.weightings:
-            raise InputError(f"weighting={weighting!r} is not valid; use one of {self.weightings}")
-        self.batch_size = _check_positive_int(batch_size, "batch_size")
-        self.weighting = weighting
-        self.precision = _check_precision(precision)
-        self.progress = progress
+        self.weighting = _checks.one_of(weighting, "weighting", self.weightings)
+        self.batch_size, self.precision, self.progress = _run_options(
+            batch_size, precision, progress
+        )
         super().__init__(*args, **kwargs)
 
-    def layer_map(self, activations: Array, gradients: None, capture: Capture) -> Array:
+    def layer_map(
+        self, activations: Array, gradients: None, capture: Capture, batch: Batch
+    ) -> Array:
         selected = self._selected_channels(activations)
-        scores = self._mask_scores(selected, capture)
+        scores = self._mask_scores(selected, capture, batch)
         if self.weighting == "channel-softmax":
             xp = array_namespace(scores)
             shifted = xp.exp(scores - xp.max(scores, axis=1, keepdims=True))
@@ -135,21 +142,22 @@ class ScoreCAM(CamMethod):
         """The channels that get a weight, ``(N, K, h, w)``: all of them here."""
         return activations
 
-    def _variants(self, masks: Array, rng: np.random.Generator) -> Iterator[Array]:
-        """The masks each chunk is scored with, ``repeats`` of them; their scores are averaged."""
+    def _variants(self, masks: Array, channels: np.ndarray, seed: int) -> Iterator[Array]:
+        """The masks each chunk is scored with, ``repeats`` of them; their scores are averaged.
+        ``channels`` is each mask's channel index, ``seed`` the run's seed."""
         yield masks
 
-    def _mask_scores(self, selected: Array, capture: Capture) -> Array:
+    def _mask_scores(self, selected: Array, capture: Capture, batch: Batch) -> Array:
         """``(N, K, h, w) -> (N, K)``: the mean score of ``X[n] * variant(H_k)``."""
         xp = array_namespace(selected)
-        provider: Any = self.provider
+        provider = capability(self.provider, FORWARD_SCORES)
         count, channels = selected.shape[0], selected.shape[1]
         flat = xp.reshape(selected, (count * channels, *selected.shape[2:]))
-        inputs, chosen = _filled(capture)
+        inputs, chosen = _filled(batch)
         size = tuple(inputs.shape[-2:])
-        indices = _host_indices(provider, capture)
+        indices = _host_indices(self.provider, capture)
         probability = self.weighting == "class-softmax"
-        rng = np.random.default_rng(self.seed)
+        seed = _noise.run_seed(self.seed)
         progress = Progress(self.name, count * channels * self.repeats, self.progress)
         chunks = []
         try:
@@ -160,7 +168,7 @@ class ScoreCAM(CamMethod):
                 images = _sample_rows(inputs, rows)
                 target = rows_target(chosen, indices, rows, probability=probability)
                 total: Array = None
-                for variant in self._variants(masks, rng):
+                for variant in self._variants(masks, np.arange(start, stop) % channels, seed):
                     scored = provider.forward_scores(
                         images * variant[:, None, :, :], target, precision=self.precision
                     )
@@ -188,7 +196,7 @@ class FasterScoreCAM(ScoreCAM):
     paper = "Tabayashi (2020), github.com/tabayashi0117/Score-CAM, no paper"
 
     def __init__(self, *args: Any, channels: int = 10, **kwargs: Any) -> None:
-        self.channels = _check_positive_int(channels, "channels")
+        self.channels = _checks.positive_int(channels, "channels")
         super().__init__(*args, **kwargs)
 
     def _selected_channels(self, activations: Array) -> Array:
@@ -210,9 +218,11 @@ class FasterScoreCAM(ScoreCAM):
 class SSCAM(ScoreCAM):
     """SS-CAM: Score-CAM with each mask's score averaged over noisy copies of the mask.
 
-    ``w[n, k] = (1 / S) sum_{i=1..S} s(X[n] * (H_k + e_i))`` with ``e_i ~ N(0, noise^2)`` drawn
-    per pixel, then as in Score-CAM. ``samples`` and ``noise`` default to torchcam's values
-    (35, 2.0); ``seed`` makes the noise reproducible.
+    ``w[n, k] = (1 / S) sum_{i=1..S} s(X[n] * (H_k + e_{k,i}))`` with ``e_{k,i} ~ N(0,
+    noise^2)`` drawn per pixel, then as in Score-CAM. ``samples`` and ``noise`` default to
+    torchcam's values (35, 2.0); ``seed`` makes the noise reproducible. Draw ``e_{k,i}`` depends
+    on the channel and the repeat only, so ``batch_size`` and the batch an image comes in do
+    not change its map.
 
     Wang et al., "SS-CAM: Smoothed Score-CAM for Sharper Visual Feature Localization",
     arXiv:2006.14255 (2020).
@@ -225,18 +235,18 @@ class SSCAM(ScoreCAM):
         self, *args: Any, samples: int = 35, noise: float = 2.0, seed: int | None = None,
         **kwargs: Any,
     ) -> None:  # fmt: skip
-        self.repeats = _check_positive_int(samples, "samples")
-        if not noise >= 0:
-            raise InputError(f"noise={noise!r} is not valid; use a standard deviation >= 0")
-        self.noise = float(noise)
-        self.seed = seed
+        self.repeats = _checks.positive_int(samples, "samples")
+        self.noise = _checks.number(noise, "noise", minimum=0)
+        self.seed = _checks.seed(seed)
         super().__init__(*args, **kwargs)
 
-    def _variants(self, masks: Array, rng: np.random.Generator) -> Iterator[Array]:
+    def _variants(self, masks: Array, channels: np.ndarray, seed: int) -> Iterator[Array]:
         xp = array_namespace(masks)
-        for _ in range(self.repeats):
-            noise = rng.normal(0.0, self.noise, size=tuple(masks.shape)).astype(np.float32)
-            yield masks + xp.asarray(noise, dtype=masks.dtype, device=device(masks))
+        shape = tuple(masks.shape[1:])
+        for repeat in range(self.repeats):
+            noise = np.stack([_noise.normal(seed, (int(k), repeat), shape) for k in channels])
+            scaled = noise * np.float32(self.noise)
+            yield masks + xp.asarray(scaled, dtype=masks.dtype, device=device(masks))
 
 
 class ISCAM(ScoreCAM):
@@ -253,10 +263,10 @@ class ISCAM(ScoreCAM):
     paper = "Naidu et al., 2020, arXiv:2010.03023"
 
     def __init__(self, *args: Any, samples: int = 10, **kwargs: Any) -> None:
-        self.repeats = _check_positive_int(samples, "samples")
+        self.repeats = _checks.positive_int(samples, "samples")
         super().__init__(*args, **kwargs)
 
-    def _variants(self, masks: Array, rng: np.random.Generator) -> Iterator[Array]:
+    def _variants(self, masks: Array, channels: np.ndarray, seed: int) -> Iterator[Array]:
         coefficient = 0.0
         for step in range(1, self.repeats + 1):
             coefficient += step / self.repeats
@@ -292,29 +302,34 @@ class AblationCAM(CamMethod):
         progress: bool | None = None,
         **kwargs: Any,
     ) -> None:
-        self.batch_size = _check_positive_int(batch_size, "batch_size")
-        self.precision = _check_precision(precision)
-        self.progress = progress
+        self.batch_size, self.precision, self.progress = _run_options(
+            batch_size, precision, progress
+        )
         super().__init__(*args, **kwargs)
 
-    def _layer_maps(self, capture: Capture) -> list[Array]:
+    def _layer_maps(self, capture: Capture, batch: Batch) -> list[Array]:
         layers = self._layers or ()
         return [
-            self._ablation_map(layer, activations, capture)
+            self._ablation_map(layer, activations, capture, batch)
             for layer, activations in zip(layers, capture.activations, strict=True)
         ]
 
-    def layer_map(self, activations: Array, gradients: None, capture: Capture) -> Array:
+    def layer_map(
+        self, activations: Array, gradients: None, capture: Capture, batch: Batch
+    ) -> Array:
         raise NotImplementedError("Ablation-CAM maps need the layer's name; see _layer_maps")
 
-    def _ablation_map(self, layer: str, activations: Array, capture: Capture) -> Array:
+    def _ablation_map(
+        self, layer: str, activations: Array, capture: Capture, batch: Batch
+    ) -> Array:
         xp = array_namespace(activations)
-        provider: Any = self.provider
+        provider = capability(self.provider, FORWARD_FROM_LAYER)
+        grid = self._as_grid(activations, layer)  # refuses a layer without spatial axes first
         tokens = activations.ndim == 3  # (N, T, C): channels last
         count, channels = activations.shape[0], activations.shape[-1 if tokens else 1]
         keep_all = 1 - xp.eye(channels, dtype=activations.dtype, device=device(activations))
-        indices = _host_indices(provider, capture)
-        inputs, chosen = _filled(capture)
+        indices = _host_indices(self.provider, capture)
+        inputs, chosen = _filled(batch)
         progress = Progress(self.name, count * channels, self.progress)
         per_sample = []
         try:
@@ -337,4 +352,4 @@ class AblationCAM(CamMethod):
         ablated = xp.stack(per_sample)
         original = xp.astype(capture.scores, ablated.dtype)[:, None]
         weights = _nonzero_divide(original - ablated, original)
-        return _ops.weighted_channel_sum(weights, self._as_grid(activations))
+        return _ops.weighted_channel_sum(weights, grid)

@@ -1,4 +1,18 @@
-"""The contract between camkit's core and a framework backend.
+"""The contract between camkit's core and a framework backend, on one screen.
+
+A backend provides, per model, an object satisfying :class:`ActivationGradientProvider` (the
+required protocol). Optional capabilities are declared by name in its ``capabilities`` and
+typed by one protocol each; the core reaches them only through :func:`capability`, so every
+call it makes into a backend is type-checked.
+
+=============================  ====================  ==============================================
+capability                     protocol              needed by
+=============================  ====================  ==============================================
+:data:`CLASSIFIER_WEIGHTS`     ClassifierWeights     CAM
+:data:`FUSED_PIPELINE`         FusedPipeline         compiling capture and map math together (JAX)
+:data:`FORWARD_SCORES`         ForwardScores         Score-CAM family, Smooth Grad-CAM++, metrics
+:data:`FORWARD_FROM_LAYER`     ForwardFromLayer      Ablation-CAM
+=============================  ====================  ==============================================
 
 Arrays cross this boundary channels-first, ``(N, C, H, W)`` for convolutional layers or
 ``(N, T, C)`` for token layers, as float32, in the backend's own namespace and on the model's
@@ -7,13 +21,14 @@ device. The core never converts them to numpy before the final maps.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass
-from typing import Any, Literal, Protocol, runtime_checkable
+from typing import Any, Generic, Literal, Protocol, TypeVar, cast, runtime_checkable
 
 import numpy as np
 
-from ._targets import Target
+from ._errors import CapabilityError
+from ._targets import ScoredTarget, Target
 
 __all__ = [
     "CLASSIFIER_WEIGHTS",
@@ -21,63 +36,63 @@ __all__ = [
     "FORWARD_SCORES",
     "FUSED_PIPELINE",
     "ActivationGradientProvider",
+    "Batch",
+    "Capability",
     "Capture",
+    "ClassifierWeights",
+    "ForwardFromLayer",
+    "ForwardScores",
+    "FusedPipeline",
     "Precision",
+    "capability",
 ]
 
+#: An array of the provider's framework (numpy, torch.Tensor, jax.Array, ...).
 Array = Any
 #: The dtype of the forward passes of the perturbation methods and metrics.
 Precision = Literal["float32", "bfloat16", "float16"]
 
-#: Capability: ``classifier_weights()`` returns the final linear layer's ``(K, C)`` weights (CAM).
-CLASSIFIER_WEIGHTS = "classifier_weights"
-#: Capability: ``run_pipeline(inputs, layers, target, gradients=, pipeline=, key=)`` compiles
-#: the capture together with the method's pure map pipeline ``pipeline(capture, input_size)``
-#: (cached by ``key``) and returns ``(cams, capture)``; the capture then needs only ``scores``
-#: and ``indices``.
-FUSED_PIPELINE = "fused_pipeline"
-#: Capability: ``core_inputs(inputs)`` gives the inputs as a channels-first ``(N, C, H, W)``
-#: float32 array of the provider's namespace, ``native_inputs(x)`` turns such an array back
-#: into inputs that ``capture`` takes, and ``forward_scores(x, target, precision=)`` runs the
-#: model, with no capture, on such an array and returns the target's ``ScoredTarget``
-#: (``scores`` ``(N,)``). The Score-CAM family, Smooth Grad-CAM++ and :mod:`camkit.metrics`
-#: need it.
-FORWARD_SCORES = "forward_scores"
-#: Capability: ``forward_from_layer(x, layer, activations, target, precision=)`` runs the
-#: model on one sample ``x`` ``(1, C, H, W)`` (as from ``core_inputs``) with ``layer``'s output
-#: replaced by each of ``activations`` ``(B, C', h, w)`` in turn, and returns the target's
-#: ``ScoredTarget`` for the ``B`` runs. Ablation-CAM needs it.
-FORWARD_FROM_LAYER = "forward_from_layer"
-
 
 @dataclass(frozen=True)
 class Capture:
-    """What one instrumented forward (and backward) pass returns.
+    """What one instrumented forward (and backward) pass of a provider returns.
 
     ``activations[l]`` and ``gradients[l]`` belong to ``layers[l]`` of the request, each
     ``(N, C, H, W)`` or ``(N, T, C)``; ``gradients`` is ``None`` when none were asked for.
-    ``outputs`` are the model's outputs, ``scores`` ``(N,)`` the target's score per sample and
-    ``indices`` ``(N,)`` the output index each score was read from (``None`` for a callable).
-
-    The core fills in ``inputs`` (channels-first, from the provider's ``core_inputs``) and
-    ``target`` for the methods that run further forward passes; a provider leaves them ``None``.
+    ``outputs`` are the model's outputs as it returned them, ``scores`` ``(N,)`` float32 the
+    target's score per sample and ``indices`` ``(N,)`` the output index each score was read
+    from (``None`` for a callable target).
     """
 
     activations: tuple[Array, ...]
     gradients: tuple[Array, ...] | None
-    outputs: Array
+    outputs: Any
     scores: Array
     indices: Array | None
+
+
+@dataclass(frozen=True)
+class Batch:
+    """What the core knows of the batch being explained, beside the capture.
+
+    ``size`` is the inputs' spatial size ``(H, W)``. For methods that run further forward
+    passes (``needs_inputs``), ``inputs`` are the channels-first inputs from the provider's
+    ``core_inputs`` and ``target`` the target being explained; otherwise both are ``None``.
+    """
+
+    size: tuple[int, int]
     inputs: Array | None = None
     target: Target | None = None
 
 
 @runtime_checkable
 class ActivationGradientProvider(Protocol):
-    """What a backend provides for one model.
+    """What a backend provides for one model (required).
 
     A backend registers a factory ``provider(model) -> ActivationGradientProvider`` with
-    :func:`camkit.register_backend` or through the ``camkit`` entry-point group.
+    :func:`camkit.register_backend` or through the ``camkit`` entry-point group. Every method
+    that runs the model leaves it as it found it, on every exit path, and holds the model's
+    lock (:func:`camkit.provider.model_lock`) while it runs.
     """
 
     #: Optional capabilities this provider offers, such as :data:`CLASSIFIER_WEIGHTS`.
@@ -99,10 +114,7 @@ class ActivationGradientProvider(Protocol):
         self, inputs: Any, layers: Sequence[str], target: Target, *, gradients: bool
     ) -> Capture:
         """Run the model once, capturing the layers' activations and, if asked, the gradients
-        of the target's summed score with respect to them (and to nothing else).
-
-        On every exit path the model is left as it was found.
-        """
+        of the target's summed score with respect to them (and to nothing else)."""
         ...
 
     def input_size(self, inputs: Any) -> tuple[int, int]:
@@ -116,3 +128,101 @@ class ActivationGradientProvider(Protocol):
     def close(self) -> None:
         """Release what the provider holds (compiled functions, caches)."""
         ...
+
+
+P = TypeVar("P")
+
+
+class Capability(str, Generic[P]):
+    """The name of an optional capability, typed by its protocol ``P``: providers list such
+    names in ``capabilities``, and :func:`capability` returns the provider typed as ``P``."""
+
+    protocol: type
+
+    def __new__(cls, name: str, protocol: type) -> Capability[P]:
+        created = super().__new__(cls, name)
+        created.protocol = protocol
+        return created
+
+
+class ClassifierWeights(Protocol):
+    def classifier_weights(self, classifier: object | None = None) -> Array:
+        """The final linear layer's ``(K, C)`` weights (``classifier`` names another)."""
+        ...
+
+
+#: A method's pure map pipeline ``(capture, batch) -> maps (N, H, W)``.
+Pipeline = Callable[[Capture, Batch], Array]
+
+
+class FusedPipeline(Protocol):
+    def run_pipeline(
+        self,
+        inputs: Any,
+        layers: Sequence[str],
+        target: Target,
+        *,
+        gradients: bool,
+        pipeline: Pipeline,
+        key: Hashable,
+    ) -> tuple[Array, Capture]:
+        """Compile the capture together with ``pipeline`` (cached by ``key``) and return the
+        maps and the capture; the capture then needs only ``outputs``, ``scores`` and
+        ``indices``."""
+        ...
+
+
+class ForwardScores(Protocol):
+    def core_inputs(self, inputs: Any) -> Array:
+        """The validated inputs as a channels-first ``(N, C, H, W)`` float32 array."""
+        ...
+
+    def native_inputs(self, x: Array) -> Any:
+        """Channels-first inputs (as from ``core_inputs``) back in the model's own form."""
+        ...
+
+    def forward_scores(self, x: Array, target: Target, *, precision: Precision) -> ScoredTarget:
+        """Run the model, with no capture, on channels-first ``x`` and score the target."""
+        ...
+
+
+class ForwardFromLayer(Protocol):
+    def forward_from_layer(
+        self, x: Array, layer: str, activations: Array, target: Target, *, precision: Precision
+    ) -> ScoredTarget:
+        """Scores of one sample ``x`` ``(1, C, H, W)`` with ``layer``'s output replaced by each
+        of ``activations`` ``(B, C', h, w)`` in turn: ``B`` scores."""
+        ...
+
+
+#: Capability: ``classifier_weights()`` (CAM).
+CLASSIFIER_WEIGHTS: Capability[ClassifierWeights] = Capability(
+    "classifier_weights", ClassifierWeights
+)
+#: Capability: ``run_pipeline(...)`` compiles capture and map pipeline together.
+FUSED_PIPELINE: Capability[FusedPipeline] = Capability("fused_pipeline", FusedPipeline)
+#: Capability: ``core_inputs``, ``native_inputs`` and ``forward_scores``.
+FORWARD_SCORES: Capability[ForwardScores] = Capability("forward_scores", ForwardScores)
+#: Capability: ``forward_from_layer`` (Ablation-CAM).
+FORWARD_FROM_LAYER: Capability[ForwardFromLayer] = Capability(
+    "forward_from_layer", ForwardFromLayer
+)
+
+
+def capability(provider: ActivationGradientProvider, wanted: Capability[P]) -> P:
+    """``provider`` typed as the protocol of ``wanted``, if it declares that capability and
+    has the protocol's methods; else a :class:`~camkit.CapabilityError` naming what is
+    missing."""
+    if wanted not in provider.capabilities:
+        raise CapabilityError(
+            f"the {type(provider).__name__} provider does not offer the capability "
+            f"{str(wanted)!r}; it offers {sorted(provider.capabilities)}"
+        )
+    methods = [name for name in vars(wanted.protocol) if not name.startswith("_")]
+    missing = [name for name in methods if not callable(getattr(provider, name, None))]
+    if missing:
+        raise CapabilityError(
+            f"the {type(provider).__name__} provider declares the capability {str(wanted)!r} "
+            f"but has no {missing[0]}(); a backend must implement what it declares"
+        )
+    return cast(P, provider)

@@ -11,6 +11,11 @@ Environment variables, read when the registry first loads:
     Any non-empty value skips third-party entry points; camkit's own backends still load.
 ``CAMKIT_BLOCK_PLUGINS``
     Comma-separated entry-point names never to load, camkit's own included (``torch,tf``).
+
+camkit's own entry points load first, and the backend names ``torch``, ``tf`` and ``jax`` are
+reserved for them: a third-party plugin using one becomes a warning, never a takeover. A plugin
+that raises anything (``SystemExit`` included) while it loads, lists its backends, or answers
+``available()``/``can_handle()`` is skipped with a warning and shown in :func:`camkit.backends`.
 """
 
 from __future__ import annotations
@@ -28,7 +33,7 @@ from typing import Any
 
 import pluggy
 
-from ._errors import BackendError, closest_names
+from ._errors import BackendError, CamkitError, closest_names
 from ._protocol import ActivationGradientProvider
 
 __all__ = [
@@ -100,11 +105,18 @@ class _HookSpecs:
         """Return the backends this plugin provides."""
 
 
+#: Backend names kept for camkit's own backends: a third-party plugin cannot take them over.
+RESERVED_NAMES = frozenset({"torch", "tf", "jax"})
+#: What a plugin may raise and still leave camkit working: anything but a keyboard interrupt.
+_PLUGIN_FAILURES = (Exception, SystemExit)
+
+
 @dataclass
 class _Registry:
     backends: dict[str, Backend] = field(default_factory=dict)
     factories: dict[str, ProviderFactory] = field(default_factory=dict)
-    failures: dict[str, str] = field(default_factory=dict)
+    failures: dict[str, str] = field(default_factory=dict)  # plugins that registered nothing
+    errors: dict[str, str] = field(default_factory=dict)  # registered backends that misbehaved
     loaded: bool = False
     lock: threading.RLock = field(default_factory=threading.RLock)
 
@@ -115,48 +127,76 @@ class _Registry:
             self.loaded = True
             manager = pluggy.PluginManager(ENTRY_POINT_GROUP)
             manager.add_hookspecs(_HookSpecs)
-            for entry_point in self._entry_points():
+            own: set[str] = set()
+            for entry_point, is_own in self._entry_points():
+                name = entry_point.name if is_own or entry_point.name not in RESERVED_NAMES else (
+                    f"{entry_point.name} ({_distribution(entry_point)})"
+                )  # fmt: skip
                 try:
-                    manager.register(entry_point.load(), name=entry_point.name)
-                except Exception as error:  # a broken plugin must not break camkit
-                    self._fail(entry_point.name, error)
+                    manager.register(entry_point.load(), name=name)
+                except _PLUGIN_FAILURES as error:  # a broken plugin must not break camkit
+                    self._fail(name, error)
+                    continue
+                if is_own:
+                    own.add(name)
             for implementation in manager.hook.camkit_backends.get_hookimpls():
+                plugin = implementation.plugin_name
                 try:
-                    records: Any = implementation.function()
-                except Exception as error:
-                    self._fail(implementation.plugin_name, error)
+                    returned: Any = implementation.function()
+                    records = list(returned)
+                except _PLUGIN_FAILURES as error:
+                    self._fail(plugin, error)
                 else:
-                    self._add_all(implementation.plugin_name, records)
+                    self._add_all(plugin, records, plugin in own)
 
-    def _entry_points(self) -> list[importlib.metadata.EntryPoint]:
+    def _entry_points(self) -> list[tuple[importlib.metadata.EntryPoint, bool]]:
+        """The entry points to load, camkit's own first, each with whether it is camkit's."""
         blocked = {n.strip() for n in os.environ.get("CAMKIT_BLOCK_PLUGINS", "").split(",")}
         no_autoload = bool(os.environ.get("CAMKIT_DISABLE_PLUGIN_AUTOLOAD"))
         chosen = []
         for entry_point in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP):
-            own = entry_point.dist is not None and entry_point.dist.name == _DISTRIBUTION
+            own = _distribution(entry_point) == _DISTRIBUTION
             if entry_point.name in blocked or (no_autoload and not own):
                 continue
-            chosen.append(entry_point)
-        return chosen
+            chosen.append((entry_point, own))
+        return sorted(chosen, key=lambda pair: not pair[1])
 
-    def _fail(self, name: str, error: BaseException) -> None:
-        message = f"{type(error).__name__}: {error}"
-        self.failures[name] = message
+    def _fail(self, name: str, error: BaseException | str, backend: bool = False) -> None:
+        message = error if isinstance(error, str) else f"{type(error).__name__}: {error}"
+        table = self.errors if backend else self.failures
+        if name in table:
+            return  # warned once already
+        table[name] = message
+        what = "backend {!r} misbehaved" if backend else "plugin {!r} failed to load"
         warnings.warn(
-            f"camkit plugin {name!r} failed to load and is skipped ({message}); set "
-            f"CAMKIT_BLOCK_PLUGINS={name} to silence this",
+            f"camkit {what.format(name)} and is skipped ({message}); set "
+            f"CAMKIT_BLOCK_PLUGINS={name.split(' ')[0]} to silence this",
             RuntimeWarning,
-            stacklevel=4,
+            stacklevel=5,
         )
 
-    def _add_all(self, plugin_name: str, records: Sequence[Backend]) -> None:
-        for record in records or ():
+    def _add_all(self, plugin: str, records: list[Any], own: bool) -> None:
+        for record in records:
             if not isinstance(record, Backend):
-                self._fail(plugin_name, TypeError(f"camkit_backends returned {record!r}"))
+                self._fail(plugin, TypeError(f"camkit_backends returned {record!r}"))
+            elif record.name in RESERVED_NAMES and not own:
+                self._fail(
+                    plugin,
+                    BackendError(f"backend name {record.name!r} is reserved for camkit's own"),
+                )
             elif record.name in self.backends:
-                self._fail(plugin_name, BackendError(f"backend {record.name!r} is taken"))
+                self._fail(plugin, BackendError(f"backend {record.name!r} is taken"))
             else:
                 self.backends[record.name] = record
+
+    def ask(self, backend: Backend, question: str, *args: Any) -> bool:
+        """``backend.available()`` or ``backend.can_handle(model)``; a backend that raises
+        answers no, with a warning (once) and an entry in :func:`camkit.backends`."""
+        try:
+            return bool(getattr(backend, question)(*args))
+        except _PLUGIN_FAILURES as error:
+            self._fail(backend.name, f"{question}() raised {type(error).__name__}: {error}", True)
+            return False
 
     def add(self, backend: Backend, replace: bool) -> None:
         with self.lock:
@@ -168,6 +208,7 @@ class _Registry:
                 )
             self.backends[backend.name] = backend
             self.factories.pop(backend.name, None)
+            self.errors.pop(backend.name, None)
 
     def factory(self, backend: Backend) -> ProviderFactory:
         with self.lock:
@@ -175,9 +216,20 @@ class _Registry:
                 provider = backend.provider
                 if isinstance(provider, str):
                     module, _, attribute = provider.partition(":")
-                    provider = getattr(importlib.import_module(module), attribute)
+                    try:
+                        provider = getattr(importlib.import_module(module), attribute)
+                    except _PLUGIN_FAILURES as error:
+                        self._fail(backend.name, error, backend=True)
+                        raise BackendError(
+                            f"backend {backend.name!r} failed to load its provider "
+                            f"{backend.provider!r}: {type(error).__name__}: {error}"
+                        ) from error
                 self.factories[backend.name] = provider
             return self.factories[backend.name]
+
+
+def _distribution(entry_point: importlib.metadata.EntryPoint) -> str | None:
+    return None if entry_point.dist is None else entry_point.dist.name
 
 
 _REGISTRY = _Registry()
@@ -194,11 +246,12 @@ def backends() -> list[BackendInfo]:
     infos = [
         BackendInfo(
             name=b.name,
-            available=bool(b.available()),
+            available=_REGISTRY.ask(b, "available"),
             loaded=b.name in _REGISTRY.factories,
             priority=b.priority,
+            error=_REGISTRY.errors.get(b.name),
         )
-        for b in _REGISTRY.backends.values()
+        for b in list(_REGISTRY.backends.values())
     ]
     infos += [
         BackendInfo(name=name, available=False, loaded=False, error=message)
@@ -208,7 +261,7 @@ def backends() -> list[BackendInfo]:
 
 
 def _describe(backend: Backend) -> str:
-    if backend.available():
+    if _REGISTRY.ask(backend, "available"):
         return backend.name
     return f"{backend.name} (framework not installed: {backend.install or 'see its docs'})"
 
@@ -222,13 +275,17 @@ def _select(model: object, name: str | None) -> Backend:
         if name not in known:
             raise BackendError(f"backend={name!r} is not registered; {closest_names(name, known)}")
         backend = known[name]
-        if not backend.available():
+        if not _REGISTRY.ask(backend, "available"):
             raise BackendError(
                 f"backend={name!r} needs its framework, which is not installed: "
                 f"{backend.install or 'install it'}"
             )
         return backend
-    claimants = [b for b in known.values() if b.available() and b.can_handle(model)]
+    claimants = [
+        b
+        for b in list(known.values())
+        if _REGISTRY.ask(b, "available") and _REGISTRY.ask(b, "can_handle", model)
+    ]
     if not claimants:
         listed = ", ".join(_describe(b) for b in known.values()) or "none"
         raise BackendError(
@@ -257,4 +314,13 @@ def provider_for(
 ) -> tuple[str, ActivationGradientProvider]:
     """The name and a new provider of the backend that handles ``model`` (or of ``backend``)."""
     chosen = _select(model, backend)
-    return chosen.name, _REGISTRY.factory(chosen)(model)
+    factory = _REGISTRY.factory(chosen)
+    try:
+        return chosen.name, factory(model)
+    except CamkitError:
+        raise
+    except Exception as error:
+        raise BackendError(
+            f"the {chosen.name!r} backend failed to set up {_qualname(model)}: "
+            f"{type(error).__name__}: {error}"
+        ) from error

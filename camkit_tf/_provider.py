@@ -6,10 +6,15 @@ How a capture runs, and why:
   "Graph disconnected"). Instead the capture is a ``tf.function`` in which, while it is being
   traced, each chosen layer's ``call`` is shadowed by a wrapper that records its output and
   ``tape.watch``-es it. The wrapper is removed as soon as the trace ends: the compiled graph
-  keeps the capture, the model keeps nothing.
-- The compiled capture is cached per model (weakly: the cache holds no model alive), layers,
-  target kind and gradient need, so one-call ``camkit.explain`` reuses it too; TensorFlow
-  reuses it for inputs of the same shape (``traces`` counts traces, for tests).
+  keeps the capture, the model keeps nothing. Tracing holds the model's lock, so another
+  thread never sees a shadowed ``call``.
+- The compiled capture is cached per model (weakly: the cache holds no model alive, and at most
+  32 functions per model), layers, target kind and gradient need, so one-call
+  ``camkit.explain`` reuses it too; TensorFlow reuses it for inputs of the same shape.
+  ``traces`` counts traces, for tests.
+- The target is scored by ``camkit.provider.score_outputs`` inside the graph, through a small
+  TensorFlow shim of the Array API; its class indices and masks are inputs of the graph, so a
+  new class does not retrace.
 - Gradients come from ``GradientTape.gradient(sum_n S[n], A)`` with respect to the watched
   layer outputs only; the tape watches no variables.
 - Keras is channels-last: activations ``(N, H, W, C)`` are handed to the core as
@@ -18,40 +23,54 @@ How a capture runs, and why:
 - A model whose last layer applies a softmax is explained on its logits: while tracing, that
   layer's softmax is left out. Where the softmax is out of reach and the outputs look like
   probabilities, a warning says so.
+
+Built from the public names of :mod:`camkit.provider` only.
 """
 
 from __future__ import annotations
 
 import contextlib
 import functools
+import importlib
+import re
 import warnings
 import weakref
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import tensorflow as tf
 
-from camkit import (
+from camkit import provider as kit
+from camkit.provider import (
     CLASSIFIER_WEIGHTS,
     FORWARD_FROM_LAYER,
     FORWARD_SCORES,
+    BackendError,
+    CapabilityError,
     Capture,
     InputError,
     LayerError,
+    ModelError,
+    Precision,
+    ScoredTarget,
+    Target,
+    TracedTarget,
 )
-from camkit._errors import BackendError, CamkitError, CapabilityError, closest_names
-from camkit._layers import last_spatial_layer
-from camkit._targets import ScoredTarget, TracedTarget, trace_target, validate_target
-from camkit.targets import Target
+from camkit.targets import ClassTarget
+
+from ._namespace import TensorFlowNamespace
 
 __all__ = ["KerasProvider"]
 
+kit.register_namespace(tf.is_tensor, TensorFlowNamespace)
+
+#: What TensorFlow says when a one-sample tensor meets a batch of ablated copies.
+_BATCH_MISMATCH = re.compile(r"shape|dimension", re.IGNORECASE)
+
 
 def _keras_module(model: Any) -> Any:
-    import importlib
-
     root = type(model).__module__.split(".")[0]
     return importlib.import_module("tf_keras" if root == "tf_keras" else "keras")
 
@@ -105,41 +124,46 @@ def _logits_of(keras: Any, layer: Any | None) -> Iterator[None]:
 
 @dataclass
 class _ModelCache:
-    """The compiled captures of one model, and how often they were traced."""
+    """The compiled functions of one model, and its layers whose prefix cannot broadcast."""
 
-    functions: dict[tuple[Any, ...], Any] = field(default_factory=dict)
-    traces: int = 0
-    repeats_prefix: set[str] = field(default_factory=set)  # layers whose prefix can't broadcast
-
-
-# per model, weakly: one-call camkit.explain reuses the compiled capture of an earlier call
-_CACHES: weakref.WeakKeyDictionary[Any, _ModelCache] = weakref.WeakKeyDictionary()
+    compiled: kit.CompiledCache[Any] = field(default_factory=kit.CompiledCache)
+    repeats_prefix: set[str] = field(default_factory=set)
 
 
-def _score(key: tuple[Any, ...], outputs: Any, indices: Any, mask: Any) -> tuple[Any, Any]:
-    """In-graph scores ``(N,)`` float32 and output indices ``(N,)`` int32 for a target key."""
-    kind = key[0]
-    if kind == "callable":
-        scores = tf.cast(key[1](outputs), tf.float32)
-        return scores, tf.fill(tf.shape(scores), -1)
-    outputs = tf.cast(outputs, tf.float32)
-    if kind in ("class", "softmax"):
-        top = tf.argmax(outputs, axis=-1, output_type=tf.int32)
-        chosen = tf.where(indices >= 0, indices, top)
-        chosen = tf.clip_by_value(chosen, 0, tf.shape(outputs)[-1] - 1)  # validated after
-        values = tf.nn.softmax(outputs, axis=-1) if kind == "softmax" else outputs
-        return tf.gather(values, chosen, batch_dims=1), chosen
-    if kind == "regression":
-        output = key[1]
-        if outputs.shape.rank == 1:
-            scores = outputs
-        else:
-            scores = outputs[:, min(output, outputs.shape[-1] - 1)]
-        return scores, tf.fill(tf.shape(scores), output)
-    class_index = key[1]  # segmentation, channels-last outputs (N, H, W, K)
-    plane = outputs[..., min(class_index, outputs.shape[-1] - 1)] * mask
-    scores = tf.reduce_sum(plane, axis=(1, 2))
-    return scores, tf.fill(tf.shape(scores), class_index)
+_CACHES: kit.ModelTable[_ModelCache] = kit.ModelTable(_ModelCache)
+
+
+class _Body:
+    """A ``tf.function`` body as an object of its own, counting its traces.
+
+    TensorFlow's frequent-retracing detector keys on the body's code object, which every
+    closure of one Python function shares: a sweep over five layers (five functions, each
+    traced once) would be reported as retracing. An object without ``__code__`` is its own key,
+    so the warning keeps its meaning: one function traced again and again.
+    """
+
+    def __init__(self, body: Callable[..., Any], traced: Callable[[], None]) -> None:
+        self.body = body
+        self.traced = traced
+
+    def __call__(self, *args: Any) -> Any:
+        self.traced()  # Python runs only while TensorFlow traces
+        return self.body(*args)
+
+
+class _Captured(NamedTuple):
+    activations: list[Any]
+    gradients: list[Any]
+    outputs: Any
+    scores: Any
+    indices: Any
+    softmax_reached: bool
+
+
+class _Scored(NamedTuple):
+    outputs: Any
+    scores: Any
+    indices: Any
 
 
 def _is_feature_map(shape: tuple[int, ...]) -> bool:
@@ -148,6 +172,11 @@ def _is_feature_map(shape: tuple[int, ...]) -> bool:
 
 def _channels_first(array: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(np.moveaxis(array, -1, 1)) if array.ndim == 4 else array
+
+
+def _host(structure: Any) -> Any:
+    """Tensors, in any nesting, as numpy arrays."""
+    return tf.nest.map_structure(lambda t: t.numpy() if tf.is_tensor(t) else t, structure)
 
 
 class KerasProvider:
@@ -168,13 +197,14 @@ class KerasProvider:
             )
         self.keras = keras
         self.model = model
-        self._cache = _CACHES.setdefault(model, _ModelCache())
-        self._default_layers: dict[tuple[int, ...], str] = {}
+        self._name = repr(model.name)
+        self._cache = _CACHES.get(model)
+        self._lock = kit.model_lock(model)
 
     @property
     def traces(self) -> int:
-        """How many times this model's captures were traced (compiled), for tests."""
-        return self._cache.traces
+        """How many times this model's compiled functions were traced, for tests."""
+        return self._cache.compiled.traces()
 
     # -- layers ---------------------------------------------------------------------------
 
@@ -197,34 +227,14 @@ class KerasProvider:
         return list(self._layers())
 
     def resolve_layer(self, layer: object) -> str:
-        layers = self._layers()
-        if isinstance(layer, str):
-            if layer in layers:
-                return layer
-            matches = [path for path in layers if path.rsplit("/", 1)[-1] == layer]
-            if len(matches) == 1:
-                return matches[0]
-            if matches:
-                raise LayerError(f"layer={layer!r} is ambiguous; use one of the paths {matches}")
-            raise LayerError(
-                f"layer={layer!r} is not a layer of {self.model.name!r}; nested layers are named "
-                f"by path ('backbone/conv5_block3_out'); {closest_names(layer, layers)}"
-            )
-        if isinstance(layer, self.keras.layers.Layer):
-            for path, candidate in layers.items():
-                if candidate is layer:
-                    return path
-            raise LayerError(f"layer {layer.name!r} is not a layer of {self.model.name!r}")
-        raise LayerError(
-            f"layer={layer!r} is neither a name nor a Keras layer; pass a name such as "
-            "'conv5_block3_out', a path such as 'backbone/conv5_block3_out', or the layer"
-        )
+        return kit.find_layer(layer, self._layers(), self._name, separator="/")
 
     def default_layer(self, inputs: Any) -> str:
         x = self._prepare(inputs)
-        known = self._default_layers.get(tuple(x.shape))
-        if known is not None:
-            return known
+        return kit.automatic_layer(self.model, tuple(x.shape), lambda: self._probe(x))
+
+    def _probe(self, x: Any) -> str:
+        """Run the model once, recording every layer's output shape in call order."""
         calls: list[tuple[str, tuple[int, ...]]] = []
 
         def record(path: str, call: Callable[..., Any]) -> Callable[..., Any]:
@@ -236,11 +246,37 @@ class KerasProvider:
 
             return recording_call
 
-        with _shadow_calls(self._layers(), record):
-            self._forward(lambda: self.model(x, training=False), x)
-        path = last_spatial_layer(calls, _is_feature_map, repr(self.model.name), tuple(x.shape))
-        self._default_layers[tuple(x.shape)] = path
-        return path
+        with self._lock, _shadow_calls(self._layers(), record), self._running(x):
+            self.model(x, training=False)
+        return kit.last_spatial_layer(calls, _is_feature_map, self._name, tuple(x.shape))
+
+    # -- compiled functions ---------------------------------------------------------------
+
+    def _compiled(self, key: Any, body: Callable[..., Any], **options: Any) -> Any:
+        """The cached ``tf.function`` of ``body`` under ``key``."""
+        return self._cache.compiled.get(
+            key, lambda traced: tf.function(_Body(body, traced), autograph=False, **options)
+        )
+
+    def _model_ref(self) -> Callable[[], Any]:
+        """A weak reference to the model, for compiled functions cached with it."""
+        reference = weakref.ref(self.model)
+
+        def model() -> Any:
+            found = reference()
+            if found is None:  # only a provider, which holds the model, calls a compiled body
+                raise RuntimeError("the Keras model of this compiled function was collected")
+            return found
+
+        return model
+
+    def _run(self, compiled: Any, x: Any, *args: Any) -> Any:
+        with self._lock, self._running(x):
+            return compiled(x, *args)
+
+    @staticmethod
+    def _arrays(traced: TracedTarget) -> dict[str, Any]:
+        return {name: tf.constant(value) for name, value in traced.arrays.items()}
 
     # -- capture --------------------------------------------------------------------------
 
@@ -248,45 +284,38 @@ class KerasProvider:
         self, inputs: Any, layers: Sequence[str], target: Target, *, gradients: bool
     ) -> Capture:
         x = self._prepare(inputs)
-        plan = trace_target(target, int(x.shape[0]))
-        key = (tuple(layers), plan.key, gradients)
-        functions = self._cache.functions
-        if key not in functions:
-            functions[key] = self._build(tuple(layers), plan.key, gradients)
-        compiled = functions[key]
-        activations, layer_gradients, outputs, scores, indices, softmax_reached = self._forward(
-            lambda: compiled(x, tf.constant(plan.indices), tf.constant(plan.mask)), x
-        )
-        host_outputs = outputs.numpy()
-        validate_target(target, host_outputs, channels_last=True)
-        if plan.key[0] == "class" and not bool(softmax_reached):
+        count = int(x.shape[0])
+        traced = kit.trace_target(target, count)
+        key = ("capture", tuple(layers), traced.key, gradients)
+        body = self._capture_body(tuple(layers), traced, gradients)
+        captured: _Captured = self._run(self._compiled(key, body), x, self._arrays(traced))
+        kit.check_outputs(target, captured.outputs, count, channels_last=True)
+        host_outputs = _host(captured.outputs)
+        if isinstance(target, ClassTarget) and not captured.softmax_reached:
             self._warn_if_probabilities(host_outputs)
+
+        def to_core(arrays: list[Any]) -> tuple[np.ndarray, ...]:
+            return tuple(_channels_first(np.asarray(a, np.float32)) for a in _host(arrays))
+
         return Capture(
-            activations=tuple(_channels_first(a.numpy().astype(np.float32)) for a in activations),
-            gradients=(
-                tuple(_channels_first(g.numpy().astype(np.float32)) for g in layer_gradients)
-                if gradients
-                else None
-            ),
+            activations=to_core(captured.activations),
+            gradients=to_core(captured.gradients) if gradients else None,
             outputs=host_outputs,
-            scores=scores.numpy(),
-            indices=None if plan.key[0] == "callable" else indices.numpy().astype(np.int64),
+            scores=captured.scores.numpy(),
+            indices=None if captured.indices is None else captured.indices.numpy(),
         )
 
-    def _build(self, layers: tuple[str, ...], target_key: tuple[Any, ...], gradients: bool) -> Any:
-        # The function is cached with the model and must not keep it alive: it holds the model
+    def _capture_body(
+        self, layers: tuple[str, ...], traced: TracedTarget, gradients: bool
+    ) -> Callable[..., _Captured]:
+        # The body is cached with the model and must not keep it alive: it holds the model
         # weakly, and the layers it needs (which hold no reference to their parents).
-        model_ref = weakref.ref(self.model)
+        model_ref = self._model_ref()
         chosen = {path: self._layers()[path] for path in layers}
         final = self._final_softmax_layer()
         logits_of = functools.partial(_logits_of, self.keras, final)
-        cache = self._cache
 
-        def capture(x: Any, indices: Any, mask: Any) -> Any:
-            cache.traces += 1  # Python runs only while TensorFlow traces
-            model = model_ref()
-            if model is None:  # only a provider, which holds the model, calls this
-                raise RuntimeError("the Keras model of this capture was garbage-collected")
+        def capture(x: Any, arrays: dict[str, Any]) -> _Captured:
             recorded: dict[str, Any] = {}
 
             def watch(path: str, call: Callable[..., Any]) -> Callable[..., Any]:
@@ -305,9 +334,11 @@ class KerasProvider:
 
             with tf.GradientTape(watch_accessed_variables=False) as tape:
                 with _shadow_calls(chosen, watch), logits_of():
-                    outputs = model(x, training=False)
-                scores, chosen_indices = _score(target_key, outputs, indices, mask)
-                total = tf.reduce_sum(scores)
+                    outputs = model_ref()(x, training=False)
+                scored = kit.score_outputs(
+                    traced.bind(arrays), outputs, x.shape[0], channels_last=True
+                )
+                total = tf.reduce_sum(scored.scores)
             missing = [path for path in layers if path not in recorded]
             if missing:
                 raise LayerError(
@@ -321,9 +352,11 @@ class KerasProvider:
                     f"the target score does not depend on layer {layers[0]!r}; choose a layer "
                     "on the path from the inputs to the scored output"
                 )
-            return activations, grads, outputs, scores, chosen_indices, final is not None
+            return _Captured(
+                activations, grads, outputs, scored.scores, scored.indices, final is not None
+            )
 
-        return tf.function(capture)
+        return capture
 
     # -- forward passes without capture (perturbation methods, metrics) ---------------------
 
@@ -335,22 +368,14 @@ class KerasProvider:
         """Channels-first inputs back in Keras' channels-last layout, for ``capture``."""
         return np.ascontiguousarray(np.moveaxis(np.asarray(x), 1, -1))
 
-    def _compiled_forward(self, key: tuple[Any, ...], layer: str | None, target_key: Any) -> Any:
-        """A cached ``tf.function`` of the forward pass and the target's scores; with ``layer``
-        the layer's output is replaced by the ``replacement`` argument."""
-        functions = self._cache.functions
-        if key in functions:
-            return functions[key]
-        model_ref = weakref.ref(self.model)  # cached with the model: must not keep it alive
+    def _forward_body(self, layer: str | None, traced: TracedTarget) -> Callable[..., _Scored]:
+        """A forward pass on channels-first inputs and the target's scores; with ``layer``, the
+        layer's output (at every call) is replaced by the ``replacement`` argument."""
+        model_ref = self._model_ref()
         chosen = {} if layer is None else {layer: self._layers()[layer]}
         logits_of = functools.partial(_logits_of, self.keras, self._final_softmax_layer())
-        cache = self._cache
 
-        def forward(x: Any, replacement: Any, indices: Any, mask: Any) -> Any:
-            cache.traces += 1
-            model = model_ref()
-            if model is None:
-                raise RuntimeError("the Keras model of this forward pass was garbage-collected")
+        def forward(x: Any, replacement: Any, arrays: dict[str, Any]) -> _Scored:
             called: list[str] = []
 
             def replace(path: str, call: Callable[..., Any]) -> Callable[..., Any]:
@@ -362,33 +387,34 @@ class KerasProvider:
                 return replacing_call
 
             with _shadow_calls(chosen, replace), logits_of():
-                outputs = model(tf.transpose(x, (0, 2, 3, 1)), training=False)
+                outputs = model_ref()(tf.transpose(x, (0, 2, 3, 1)), training=False)
             if layer is not None and not called:
                 raise LayerError(
                     f"layer {layer!r} was not called during the forward pass; choose a layer "
                     "that the model uses"
                 )
-            scores, chosen_indices = _score(target_key, outputs, indices, mask)
-            return outputs, scores, chosen_indices
+            count = replacement.shape[0] if layer is not None else x.shape[0]
+            scored = kit.score_outputs(traced.bind(arrays), outputs, count, channels_last=True)
+            return _Scored(outputs, scored.scores, scored.indices)
 
-        functions[key] = tf.function(forward, reduce_retracing=True)
-        return functions[key]
+        return forward
 
-    def _run_forward(
-        self, compiled: Any, x: Any, replacement: Any, target: Target, plan: TracedTarget
+    def _scored(
+        self, key: Any, layer: str | None, x: Any, replacement: Any, target: Target, count: int
     ) -> ScoredTarget:
-        outputs, scores, indices = self._forward(
-            lambda: compiled(x, replacement, tf.constant(plan.indices), tf.constant(plan.mask)), x
+        traced = kit.trace_target(target, count)
+        compiled = self._compiled(
+            (*key, traced.key), self._forward_body(layer, traced), reduce_retracing=True
         )
-        validate_target(target, outputs.numpy(), channels_last=True)
-        callable_target = plan.key[0] == "callable"
+        scored: _Scored = self._run(compiled, tf.constant(x), replacement, self._arrays(traced))
+        kit.check_outputs(target, scored.outputs, count, channels_last=True)
         return ScoredTarget(
-            scores.numpy().astype(np.float32),
-            None if callable_target else indices.numpy().astype(np.int64),
+            scored.scores.numpy().astype(np.float32),
+            None if scored.indices is None else scored.indices.numpy(),
         )
 
     @staticmethod
-    def _check_precision(precision: str) -> None:
+    def _check_precision(precision: Precision) -> None:
         if precision != "float32":
             raise CapabilityError(
                 f"precision={precision!r}: the tf backend runs a Keras model in the dtype policy "
@@ -396,16 +422,16 @@ class KerasProvider:
                 "'mixed_float16') for half-precision passes, and pass precision='float32'"
             )
 
-    def forward_scores(self, x: np.ndarray, target: Target, *, precision: str) -> ScoredTarget:
+    def forward_scores(
+        self, x: np.ndarray, target: Target, *, precision: Precision
+    ) -> ScoredTarget:
         """The target's scores of a channels-first batch (as from ``core_inputs``), compiled."""
         self._check_precision(precision)
-        plan = trace_target(target, int(x.shape[0]))
-        compiled = self._compiled_forward(("forward", plan.key), None, plan.key)
-        return self._run_forward(compiled, tf.constant(x), tf.zeros(()), target, plan)
+        return self._scored(("forward",), None, x, tf.zeros(()), target, int(x.shape[0]))
 
     def forward_from_layer(
         self, x: np.ndarray, layer: str, activations: np.ndarray, target: Target,
-        *, precision: str,
+        *, precision: Precision,
     ) -> ScoredTarget:  # fmt: skip
         """Scores of one sample ``x`` ``(1, ...)`` with ``layer``'s output replaced by each row
         of ``activations`` ``(B, ...)`` (at every call of the layer).
@@ -416,21 +442,21 @@ class KerasProvider:
         """
         self._check_precision(precision)
         count = int(activations.shape[0])
-        plan = trace_target(target, count)
-        compiled = self._compiled_forward(("from_layer", layer, plan.key), layer, plan.key)
         replacement = tf.constant(
             np.moveaxis(activations, 1, -1) if activations.ndim == 4 else activations
         )
+        key = ("from_layer", layer)
         if layer not in self._cache.repeats_prefix:
             try:
-                scored = self._run_forward(compiled, tf.constant(x), replacement, target, plan)
+                scored = self._scored(key, layer, x, replacement, target, count)
                 if scored.scores.shape[0] == count:
                     return scored
-            except InputError:
-                pass
+            except ModelError as error:
+                if not _BATCH_MISMATCH.search(str(error.__cause__)):
+                    raise
             self._cache.repeats_prefix.add(layer)
-        copies = tf.constant(np.repeat(x, count, axis=0))
-        return self._run_forward(compiled, copies, replacement, target, plan)
+        copies = np.repeat(x, count, axis=0)
+        return self._scored(key, layer, copies, replacement, target, count)
 
     def _final_softmax_layer(self) -> Any | None:
         """The model's last layer if it applies a softmax that can be left out, else None."""
@@ -445,7 +471,9 @@ class KerasProvider:
         return None
 
     @staticmethod
-    def _warn_if_probabilities(outputs: np.ndarray) -> None:
+    def _warn_if_probabilities(outputs: Any) -> None:
+        if not isinstance(outputs, np.ndarray):
+            return
         if outputs.ndim == 2 and outputs.shape[1] > 1 and outputs.min() >= 0:
             if np.allclose(outputs.sum(axis=1), 1.0, atol=1e-3):
                 warnings.warn(
@@ -459,30 +487,18 @@ class KerasProvider:
 
     # -- helpers --------------------------------------------------------------------------
 
-    def _forward(self, run: Callable[[], Any], x: Any) -> Any:
-        try:
-            return run()
-        except CamkitError:
-            raise
-        except (ValueError, TypeError, tf.errors.OpError) as error:
-            raise InputError(
-                f"{self.model.name!r} failed on inputs of shape {tuple(x.shape)} and dtype "
-                f"{x.dtype.name}: {type(error).__name__}: {error}"
-            ) from error
+    def _running(self, x: Any) -> contextlib.AbstractContextManager[None]:
+        return kit.running_model(
+            self._name, tuple(x.shape), tf.as_dtype(x.dtype).name, channels_last=True
+        )
 
     def _prepare(self, inputs: Any) -> Any:
         if isinstance(inputs, np.ndarray) or tf.is_tensor(inputs):
             dtype = tf.as_dtype(inputs.dtype)
-            if not dtype.is_floating:
-                raise InputError(
-                    f"inputs have dtype {dtype.name}; the model needs floating-point inputs, "
-                    "scaled as in training"
-                )
-            if len(inputs.shape) != 4:
-                raise InputError(
-                    f"inputs have shape {tuple(inputs.shape)}; expected a channels-last batch "
-                    "(N, H, W, C) — add a batch axis with inputs[None] for a single image"
-                )
+            kit.check_batch(
+                tuple(inputs.shape), dtype.name, floating=dtype.is_floating,
+                expected="(N, H, W, C), channels-last",
+            )  # fmt: skip
             return tf.convert_to_tensor(inputs, dtype=tf.float32)
         raise InputError(
             f"inputs must be a numpy array or a tf.Tensor, got {type(inputs).__qualname__}"
@@ -497,11 +513,11 @@ class KerasProvider:
             dense = [p for p, layer in layers.items() if isinstance(layer, self.keras.layers.Dense)]
             if not dense:
                 raise LayerError(
-                    f"CAM needs a Dense classifier but {self.model.name!r} has none; pass "
-                    "classifier= the layer holding the class weights"
+                    f"CAM needs a Dense classifier but {self._name} has none; pass classifier= "
+                    "the layer holding the class weights"
                 )
             classifier = dense[-1]
-        path = self.resolve_layer(classifier)
+        path = kit.find_layer(classifier, layers, self._name, separator="/", argument="classifier")
         kernel = getattr(layers[path], "kernel", None)
         if kernel is None or len(kernel.shape) != 2:
             raise LayerError(f"classifier={path!r} has no (features, classes) kernel")
@@ -514,4 +530,4 @@ class KerasProvider:
         return np.asarray(array)
 
     def close(self) -> None:
-        """Nothing to release: compiled captures are cached per model, weakly, and go with it."""
+        """Nothing to release: compiled functions are cached per model, weakly, and go with it."""

@@ -14,24 +14,29 @@ How a capture runs, and why:
   last call. Each module's call count is remembered per model, so from the second capture on
   the earlier calls run untouched and autograd starts at the last one.
 - What a probe forward learns (the automatic layer per input shape, call counts) is kept per
-  model in a weak-keyed table, so one-call ``camkit.explain`` pays for the probe only once and
-  no model is kept alive by camkit.
-- Hooks, train/eval flags and the grad mode are restored on every exit path.
+  model, weakly (``camkit.provider.ModelTable``), so one-call ``camkit.explain`` pays for the
+  probe only once and no model is kept alive by camkit.
+- Hooks, train/eval flags and the grad mode are restored on every exit path, and every call
+  that runs the model holds the model's lock: forward hooks fire for any thread that calls the
+  model, so two captures must never overlap on one model.
+
+Built from the public names of :mod:`camkit.provider` only.
 """
 
 from __future__ import annotations
 
 import contextlib
 import itertools
-import weakref
+import re
 from collections import Counter
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 
 import numpy as np
 import torch
 
-from camkit import (
+from camkit import provider as kit
+from camkit.provider import (
     CLASSIFIER_WEIGHTS,
     FORWARD_FROM_LAYER,
     FORWARD_SCORES,
@@ -39,14 +44,18 @@ from camkit import (
     Capture,
     InputError,
     LayerError,
-    TargetError,
+    Precision,
+    ScoredTarget,
+    Target,
 )
-from camkit._errors import closest_names
-from camkit._layers import last_spatial_layer
-from camkit._targets import ScoredTarget
-from camkit.targets import CallableTarget, Target
 
 __all__ = ["TorchProvider"]
+
+Hook = Callable[[torch.nn.Module, Any, Any], Any]
+#: What torch says when an op needs contiguous inputs (``view`` on channels-last memory).
+_NEEDS_CONTIGUOUS = re.compile(r"contiguous|view size is not compatible")
+#: What torch says when tensors of different batch sizes meet (a concatenation, ``view(1, -1)``).
+_BATCH_MISMATCH = re.compile(r"size|shape|dimension", re.IGNORECASE)
 
 
 class _ModelFacts:
@@ -54,16 +63,41 @@ class _ModelFacts:
 
     def __init__(self) -> None:
         self.calls: dict[str, int] = {}  # module name -> calls per forward
-        self.default_layers: dict[tuple[int, ...], str] = {}  # input shape -> automatic layer
         self.repeats_prefix: set[str] = set()  # layers whose prefix cannot run on one sample
         self.needs_contiguous_inputs = False  # the model rejects channels-last inputs
 
 
-_FACTS: weakref.WeakKeyDictionary[torch.nn.Module, _ModelFacts] = weakref.WeakKeyDictionary()
+_FACTS: kit.ModelTable[_ModelFacts] = kit.ModelTable(_ModelFacts)
 
 
 def _is_feature_map(shape: tuple[int, ...]) -> bool:
     return len(shape) == 4 and shape[2] * shape[3] > 1  # (N, C, H, W)
+
+
+@contextlib.contextmanager
+def _hooked(modules: Mapping[str, torch.nn.Module], hook: Callable[[str], Hook]) -> Iterator[None]:
+    """Register ``hook(name)`` as a forward hook of each module; always remove them all."""
+    handles = []
+    try:
+        for name, module in modules.items():
+            handles.append(module.register_forward_hook(hook(name)))
+        yield
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
+def _batch_size(outputs: Any) -> int | None:
+    """The leading size of the first tensor in (possibly nested) outputs."""
+    if isinstance(outputs, torch.Tensor):
+        return int(outputs.shape[0]) if outputs.ndim else None
+    values = outputs.values() if isinstance(outputs, Mapping) else outputs
+    if isinstance(values, list | tuple) or isinstance(outputs, Mapping):
+        for value in values:
+            size = _batch_size(value)
+            if size is not None:
+                return size
+    return None
 
 
 class TorchProvider:
@@ -90,7 +124,9 @@ class TorchProvider:
             )
         self.model = model
         self.eval_mode = eval_mode
-        self._facts = _FACTS.setdefault(model, _ModelFacts())
+        self._name = type(model).__name__
+        self._facts = _FACTS.get(model)
+        self._lock = kit.model_lock(model)
 
     # -- layers ---------------------------------------------------------------------------
 
@@ -101,54 +137,27 @@ class TorchProvider:
         return list(self._modules())
 
     def resolve_layer(self, layer: object) -> str:
-        modules = self._modules()
-        model_name = type(self.model).__name__
-        if isinstance(layer, str):
-            if layer in modules:
-                return layer
-            raise LayerError(
-                f"layer={layer!r} is not a submodule of {model_name}; "
-                f"{closest_names(layer, modules)}"
-            )
-        if isinstance(layer, torch.nn.Module):
-            for name, module in modules.items():
-                if module is layer:
-                    return name
-            raise LayerError(
-                f"layer={type(layer).__name__}(...) is not a submodule of {model_name}; pass "
-                "a module from model.named_modules() or its dotted name"
-            )
-        raise LayerError(
-            f"layer={layer!r} is neither a name nor a torch.nn.Module; pass a dotted name such "
-            "as 'layer4.2' or the submodule itself"
-        )
+        return kit.find_layer(layer, self._modules(), self._name)
 
     def default_layer(self, inputs: Any) -> str:
         x = self._prepare(inputs)
-        known = self._facts.default_layers.get(tuple(x.shape))
-        if known is not None:
-            return known
-        modules = self._modules()
+        return kit.automatic_layer(self.model, tuple(x.shape), lambda: self._probe(x))
+
+    def _probe(self, x: torch.Tensor) -> str:
+        """Run the model once, recording every module's output shape in call order."""
         calls: list[tuple[str, tuple[int, ...]]] = []
 
-        def record(name: str) -> Any:
+        def record(name: str) -> Hook:
             def hook(module: torch.nn.Module, args: Any, output: Any) -> None:
                 if isinstance(output, torch.Tensor):
                     calls.append((name, tuple(output.shape)))
 
             return hook
 
-        handles = [m.register_forward_hook(record(n)) for n, m in modules.items()]
-        try:
-            with self._evaluating(), torch.no_grad():
-                self._forward(x)
-        finally:
-            for handle in handles:
-                handle.remove()
+        with self._lock, _hooked(self._modules(), record), self._evaluating(), torch.no_grad():
+            self._forward(x)
         self._facts.calls.update(Counter(name for name, _ in calls))
-        name = last_spatial_layer(calls, _is_feature_map, type(self.model).__name__, tuple(x.shape))
-        self._facts.default_layers[tuple(x.shape)] = name
-        return name
+        return kit.last_spatial_layer(calls, _is_feature_map, self._name, tuple(x.shape))
 
     # -- capture --------------------------------------------------------------------------
 
@@ -156,10 +165,11 @@ class TorchProvider:
         self, inputs: Any, layers: Sequence[str], target: Target, *, gradients: bool
     ) -> Capture:
         x = self._prepare(inputs)
-        for _ in range(2):  # a second try only if a shared layer was called fewer times
-            result = self._capture_once(x, layers, target, gradients)
-            if result is not None:
-                return result
+        with self._lock:
+            for _ in range(2):  # a second try only if a shared layer was called fewer times
+                result = self._capture_once(x, layers, target, gradients)
+                if result is not None:
+                    return result
         raise LayerError(f"layers {list(layers)!r} were not captured; their call count varies")
 
     def _capture_once(
@@ -170,7 +180,7 @@ class TorchProvider:
         calls: Counter[str] = Counter()
         captured: dict[str, torch.Tensor] = {}
 
-        def capture_hook(name: str) -> Any:
+        def capture_hook(name: str) -> Hook:
             def hook(module: torch.nn.Module, args: Any, output: Any) -> Any:
                 calls[name] += 1
                 if calls[name] < expected[name]:
@@ -193,13 +203,14 @@ class TorchProvider:
 
             return hook
 
-        handles = [modules[name].register_forward_hook(capture_hook(name)) for name in layers]
+        count = int(x.shape[0])
         grad_mode = torch.is_grad_enabled()
+        chosen = {name: modules[name] for name in layers}
         try:
-            with self._evaluating(), torch.inference_mode(False), torch.no_grad():
-                outputs = self._forward(x)
-                self._check_outputs(outputs, target)
-                scored = target.resolve(outputs)
+            with _hooked(chosen, capture_hook), self._evaluating(), torch.inference_mode(False):
+                with torch.no_grad():
+                    outputs = self._forward(x)
+                    scored = kit.score_outputs(target, outputs, count)
                 missing = [name for name in layers if name not in captured]
                 if missing:
                     self._recount(missing, calls)
@@ -210,8 +221,6 @@ class TorchProvider:
                 )
         finally:
             torch.set_grad_enabled(grad_mode)
-            for handle in handles:
-                handle.remove()
         return Capture(
             activations=tuple(a.detach().float() for a in activations),
             gradients=(
@@ -226,19 +235,11 @@ class TorchProvider:
         never = [name for name in missing if calls[name] == 0]
         if never:
             raise LayerError(
-                f"layer {never[0]!r} was not called during the forward pass of "
-                f"{type(self.model).__name__}; choose a layer that the forward pass uses"
+                f"layer {never[0]!r} was not called during the forward pass of {self._name}; "
+                "choose a layer that the forward pass uses"
             )
         for name in missing:
             self._facts.calls[name] = calls[name]
-
-    @staticmethod
-    def _check_outputs(outputs: Any, target: Target) -> None:
-        if not isinstance(outputs, torch.Tensor) and not isinstance(target, CallableTarget):
-            raise TargetError(
-                f"the model returns {type(outputs).__name__}, not a tensor; pass target= a "
-                "callable that takes those outputs and returns one score per sample"
-            )
 
     def _gradients(
         self, scores: torch.Tensor, activations: list[torch.Tensor], layers: Sequence[str]
@@ -268,8 +269,9 @@ class TorchProvider:
         return self._model_dtype(x)
 
     @contextlib.contextmanager
-    def _scoring(self, precision: str, device: torch.device) -> Iterator[None]:
-        """Eval mode, no autograd, and autocast to ``precision`` where it is not float32."""
+    def _scoring(self, precision: Precision, device: torch.device) -> Iterator[None]:
+        """The model's lock, eval mode, no autograd, and autocast to ``precision`` where it is
+        not float32."""
         autocast = (
             contextlib.nullcontext()
             if precision == "float32"
@@ -278,97 +280,102 @@ class TorchProvider:
                 dtype=torch.bfloat16 if precision == "bfloat16" else torch.float16,
             )
         )
-        with self._evaluating(), torch.no_grad(), autocast:
+        with self._lock, self._evaluating(), torch.no_grad(), autocast:
             yield
 
-    def _scored(self, outputs: Any, target: Target) -> ScoredTarget:
-        self._check_outputs(outputs, target)
+    def _scored(self, outputs: Any, target: Target, count: int) -> ScoredTarget:
         if isinstance(outputs, torch.Tensor) and outputs.is_floating_point():
             outputs = outputs.float()
-        scored = target.resolve(outputs)
-        return ScoredTarget(scored.scores.float(), scored.indices)
+        return kit.score_outputs(target, outputs, count)
 
-    def forward_scores(self, x: torch.Tensor, target: Target, *, precision: str) -> ScoredTarget:
+    def forward_scores(
+        self, x: torch.Tensor, target: Target, *, precision: Precision
+    ) -> ScoredTarget:
         """The target's scores of a channels-first batch (as from ``core_inputs``).
 
         The batch is handed to the model in the channels-last memory format (the same tensor
         values, laid out NHWC), which the convolutions of PyTorch's CPU and cuDNN backends run
         faster: on EfficientNet-Lite0 on 2 CPU cores a batch of 32 took 1.23 s instead of
         1.71 s. A model that needs contiguous inputs (it calls ``view`` on them) is remembered
-        and given them instead.
+        and given them instead; any other error is the model's own.
         """
         x = self._model_dtype(x)
         with self._scoring(precision, x.device):
-            return self._scored(self._forward_batch(x), target)
+            return self._scored(self._forward_batch(x), target, int(x.shape[0]))
 
     def _forward_batch(self, x: torch.Tensor) -> Any:
         """A forward pass on channels-last inputs, or contiguous ones where the model needs."""
-        if x.ndim == 4 and not self._facts.needs_contiguous_inputs:
-            try:
-                return self.model(x.contiguous(memory_format=torch.channels_last))
-            except RuntimeError:
-                self._facts.needs_contiguous_inputs = True
-        return self._forward(x)
+        with self._running(x):
+            if x.ndim == 4 and not self._facts.needs_contiguous_inputs:
+                try:
+                    return self.model(x.contiguous(memory_format=torch.channels_last))
+                except RuntimeError as error:
+                    if not _NEEDS_CONTIGUOUS.search(str(error)):
+                        raise
+                    self._facts.needs_contiguous_inputs = True
+            return self.model(x)
 
     def forward_from_layer(
         self, x: torch.Tensor, layer: str, activations: torch.Tensor, target: Target,
-        *, precision: str,
+        *, precision: Precision,
     ) -> ScoredTarget:  # fmt: skip
         """Scores of one sample ``x`` ``(1, ...)`` with ``layer``'s output replaced by each row
         of ``activations`` ``(B, ...)``.
 
         The forward runs on the one sample up to the layer, whose hook hands on the ``B``
         replacements, so the prefix runs once; a model whose later layers mix in earlier
-        tensors that cannot broadcast from one sample (a concatenation) is run on ``B`` copies
-        instead, which is remembered per model.
+        tensors that cannot broadcast from one sample (a concatenation) fails on a size
+        mismatch or returns the wrong batch size, and is then run on ``B`` copies instead,
+        which is remembered per model.
         """
         module = self._modules()[layer]
-        if layer not in self._facts.calls:
-            self._facts.calls[layer] = self._count_calls(x, module)
-        expected = self._facts.calls[layer]
-        calls: Counter[str] = Counter()
-
-        def replace(module: torch.nn.Module, args: Any, output: Any) -> Any:
-            calls[layer] += 1
-            if calls[layer] == expected:
-                return activations.to(output.dtype)
-            return None
-
-        count = activations.shape[0]
+        count = int(activations.shape[0])
         x = self._model_dtype(x)
-        handle = module.register_forward_hook(replace)
-        try:
-            with self._scoring(precision, x.device):
+        with self._scoring(precision, x.device):
+            if layer not in self._facts.calls:
+                self._facts.calls[layer] = self._count_calls(x, module)
+            expected = self._facts.calls[layer]
+            calls: Counter[str] = Counter()
+
+            def replace(name: str) -> Hook:
+                def hook(module: torch.nn.Module, args: Any, output: Any) -> Any:
+                    calls[name] += 1
+                    return activations.to(output.dtype) if calls[name] == expected else None
+
+                return hook
+
+            with _hooked({layer: module}, replace):
                 outputs: Any = None
                 if layer not in self._facts.repeats_prefix:
-                    try:
-                        outputs = self.model(x)
-                    except RuntimeError:
-                        outputs = None
-                    if not isinstance(outputs, torch.Tensor) or outputs.shape[0] != count:
+                    with self._running(x):
+                        try:
+                            outputs = self.model(x)
+                        except RuntimeError as error:
+                            out_of_memory = isinstance(error, torch.OutOfMemoryError)
+                            if out_of_memory or not _BATCH_MISMATCH.search(str(error)):
+                                raise
+                    if _batch_size(outputs) != count:
                         self._facts.repeats_prefix.add(layer)
                         outputs = None
                 if outputs is None:
                     calls.clear()
                     outputs = self._forward_batch(x.expand(count, *x.shape[1:]))
-                if calls[layer] == 0:
-                    raise LayerError(
-                        f"layer {layer!r} was not called during the forward pass of "
-                        f"{type(self.model).__name__}; choose a layer that the forward pass uses"
-                    )
-                return self._scored(outputs, target)
-        finally:
-            handle.remove()
+            if calls[layer] == 0:
+                raise LayerError(
+                    f"layer {layer!r} was not called during the forward pass of {self._name}; "
+                    "choose a layer that the forward pass uses"
+                )
+            return self._scored(outputs, target, count)
 
     def _count_calls(self, x: torch.Tensor, module: torch.nn.Module) -> int:
         """How many times ``module`` runs in one forward pass (a shared module, several)."""
-        calls = []
-        handle = module.register_forward_hook(lambda *args: calls.append(1))
-        try:
-            with self._evaluating(), torch.no_grad():
-                self._forward(self._model_dtype(x))
-        finally:
-            handle.remove()
+        calls: list[int] = []
+
+        def count(name: str) -> Hook:
+            return lambda *args: calls.append(1)
+
+        with _hooked({"layer": module}, count):
+            self._forward(x)
         return max(len(calls), 1)
 
     # -- helpers --------------------------------------------------------------------------
@@ -377,16 +384,12 @@ class TorchProvider:
         reference = self._reference()
         return x if reference is None else x.to(reference.dtype)
 
+    def _running(self, x: torch.Tensor) -> contextlib.AbstractContextManager[None]:
+        return kit.running_model(self._name, tuple(x.shape), str(x.dtype), channels_last=False)
+
     def _forward(self, x: torch.Tensor) -> Any:
-        try:
+        with self._running(x):
             return self.model(x)
-        except (LayerError, TargetError, InputError):
-            raise
-        except (RuntimeError, ValueError, TypeError) as error:
-            raise InputError(
-                f"{type(self.model).__name__} failed on inputs of shape {tuple(x.shape)} and "
-                f"dtype {x.dtype}: {type(error).__name__}: {error}"
-            ) from error
 
     @contextlib.contextmanager
     def _evaluating(self) -> Iterator[None]:
@@ -406,12 +409,15 @@ class TorchProvider:
 
     def _prepare(self, inputs: Any) -> torch.Tensor:
         reference = self._reference()
+        if reference is not None and reference.device.type == "meta":
+            raise InputError(
+                f"the parameters of {self._name} are on the meta device: they hold no values "
+                "to explain; materialize the model first (model.to_empty(device='cpu') and "
+                "model.load_state_dict(...))"
+            )
         if isinstance(inputs, np.ndarray):
-            if not np.issubdtype(inputs.dtype, np.floating):
-                raise InputError(
-                    f"inputs have dtype {inputs.dtype}; the model needs floating-point inputs, "
-                    "scaled and normalized as in training"
-                )
+            floating = np.issubdtype(inputs.dtype, np.floating)
+            kit.check_batch(inputs.shape, str(inputs.dtype), floating=floating)
             tensor = torch.from_numpy(np.ascontiguousarray(inputs))
             if reference is not None:
                 tensor = tensor.to(reference.device, reference.dtype)
@@ -420,16 +426,8 @@ class TorchProvider:
             raise InputError(
                 f"inputs must be a torch.Tensor or a numpy array, got {type(inputs).__qualname__}"
             )
-        if inputs.ndim != 4:
-            raise InputError(
-                f"inputs have shape {tuple(inputs.shape)}; expected a batch (N, C, H, W) — add a "
-                "batch axis with inputs[None] for a single image"
-            )
-        if not inputs.is_floating_point():
-            raise InputError(
-                f"inputs have dtype {inputs.dtype}; the model needs floating-point inputs, "
-                "scaled and normalized as in training (for example inputs.float() / 255)"
-            )
+        floating = inputs.is_floating_point()
+        kit.check_batch(tuple(inputs.shape), str(inputs.dtype), floating=floating)
         if reference is not None and inputs.device != reference.device:
             raise InputError(
                 f"inputs are on {inputs.device} but the model is on {reference.device}; move "
@@ -451,11 +449,11 @@ class TorchProvider:
             linears = [n for n, m in modules.items() if isinstance(m, torch.nn.Linear)]
             if not linears:
                 raise LayerError(
-                    f"CAM needs a linear classifier but {type(self.model).__name__} has no "
-                    "torch.nn.Linear; pass classifier= the module holding the class weights"
+                    f"CAM needs a linear classifier but {self._name} has no torch.nn.Linear; "
+                    "pass classifier= the module holding the class weights"
                 )
             classifier = linears[-1]
-        name = self.resolve_layer(classifier)
+        name = kit.find_layer(classifier, modules, self._name, argument="classifier")
         weight = getattr(modules[name], "weight", None)
         if not isinstance(weight, torch.Tensor) or weight.ndim != 2:
             raise LayerError(

@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 
 import camkit
+from camkit import provider as kit
 from camkit.targets import Target
 
 
@@ -68,7 +69,7 @@ class NumpyProvider:
         if isinstance(model, StaticModel):
             pairs = [model.layer(name) for name in layers]
             outputs = model.outputs
-            scored = target.resolve(outputs)
+            scored = kit.score_outputs(target, outputs, len(outputs))
             return camkit.Capture(
                 activations=tuple(a for a, _ in pairs),
                 gradients=tuple(g for _, g in pairs) if gradients else None,
@@ -78,7 +79,7 @@ class NumpyProvider:
             )
         acts = np.asarray(inputs, dtype=np.float32)
         outputs = model(acts)
-        scored = target.resolve(outputs)
+        scored = kit.score_outputs(target, outputs, len(outputs))
         height, width = acts.shape[2:]
         grads = model.weights[scored.indices][:, :, None, None] / (height * width)
         grads = np.broadcast_to(grads, acts.shape).astype(np.float32)
@@ -98,14 +99,14 @@ class NumpyProvider:
 
     def forward_scores(self, x: np.ndarray, target: Target, *, precision: str) -> Any:
         self.model.batches.append(int(x.shape[0]))
-        return target.resolve(self.model(x))
+        return kit.score_outputs(target, self.model(x), len(x))
 
     def forward_from_layer(
         self, x: np.ndarray, layer: str, activations: np.ndarray, target: Target, *, precision: str
     ) -> Any:
         # "features" is the input itself, so the model from the layer on is the whole model
         self.model.batches.append(int(activations.shape[0]))
-        return target.resolve(self.model(activations))
+        return kit.score_outputs(target, self.model(activations), len(activations))
 
     def classifier_weights(self, classifier: object | None = None) -> np.ndarray:
         weights = getattr(self.model, "classifier", None)

@@ -190,11 +190,11 @@ def test_model_left_as_found(nnx_model):
 def test_errors(nnx_model):
     with pytest.raises(camkit.LayerError, match="closest valid names.*'conv2'"):
         camkit.explain(nnx_model, X, layer="conv3")
-    with pytest.raises(camkit.InputError, match=r"\(N, H, W, C\) for Flax.*inputs\[None\]"):
+    with pytest.raises(camkit.InputError, match=r"\(N, H, W, C\), channels-last.*inputs\[None\]"):
         camkit.explain(nnx_model, X[0])
     with pytest.raises(camkit.InputError, match="floating-point"):
         camkit.explain(nnx_model, X.astype(np.int32))
-    with pytest.raises(camkit.InputError, match="failed on inputs of shape"):
+    with pytest.raises(camkit.ModelError, match="failed on inputs of shape"):
         camkit.explain(nnx_model, np.zeros((1, 12, 12, 5), np.float32))
 
 
@@ -356,3 +356,32 @@ def test_bfloat16_masked_passes_agree_with_float32(nnx_model):
                           precision="bfloat16")  # fmt: skip
     for a, b in zip(full.cams, half.cams, strict=True):
         assert np.corrcoef(a.ravel(), b.ravel())[0, 1] > 0.99
+
+
+def test_equinox_with_float64_parameters_under_x64():
+    """Under ``jax_enable_x64`` a float64 model gets its inputs in float64 (before, the float32
+    inputs failed the model's convolution and the error blamed the inputs)."""
+    eqx = pytest.importorskip("equinox")
+    with jax.enable_x64(True):
+
+        class Net(eqx.Module):
+            conv: eqx.nn.Conv2d
+            fc: eqx.nn.Linear
+
+            def __init__(self, dtype):
+                k1, k2 = jax.random.split(jax.random.PRNGKey(0))
+                self.conv = eqx.nn.Conv2d(3, 4, 3, padding=1, key=k1, dtype=dtype)
+                self.fc = eqx.nn.Linear(4, 2, key=k2, dtype=dtype)
+
+            def __call__(self, x):
+                return self.fc(jax.nn.relu(self.conv(x)).mean((1, 2)))
+
+        wide = Net(jnp.float64)
+        narrow = jax.tree_util.tree_map(
+            lambda leaf: leaf.astype(jnp.float32) if eqx.is_array(leaf) else leaf, wide
+        )
+        images = X.transpose(0, 3, 1, 2).astype(np.float64)
+        got = camkit.explain(wide, images, layer="conv", target=1)
+        expected = camkit.explain(narrow, images.astype(np.float32), layer="conv", target=1)
+    assert got.cams.dtype == np.float32
+    np.testing.assert_allclose(got.cams, expected.cams, atol=1e-4)

@@ -121,6 +121,10 @@ def test_errors(model):
         metrics.deletion(model, X, np.zeros((1, 3, 3)))
     with pytest.raises(camkit.InputError, match="steps=0"):
         metrics.deletion(model, X, MAP, steps=0)
+    with pytest.raises(camkit.InputError, match="precision='fp8'"):
+        metrics.deletion(model, X, MAP, precision="fp8")
+    with pytest.raises(camkit.InputError, match="batch_size=0"):
+        metrics.confidence_change(model, X, MAP, batch_size=0)
     with pytest.raises(camkit.InputError, match="baseline='mean'"):
         metrics.insertion(model, X, MAP, baseline="mean")
     with pytest.raises(camkit.InputError, match="regions hold 2 items for 1 maps"):

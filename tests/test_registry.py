@@ -166,3 +166,104 @@ def test_context_manager_closes_the_provider(numpy_backend):
     with camkit.GradCAM(model) as method:
         method(np.ones((1, 2, 2, 2), np.float32))
     assert method.provider.closed
+
+
+# -- broken plugins, whatever way they break ---------------------------------------------------
+
+_BACKEND = """
+import camkit
+
+def boom(*args):
+    raise RuntimeError("boom")
+
+@camkit.hookimpl
+def camkit_backends():
+    return [camkit.Backend(name={name!r}, provider="nowhere:Nothing", can_handle={can_handle},
+                           available={available}, priority=100)]
+"""
+
+BROKEN = {
+    "import error": ("broken", "raise ImportError('a missing dependency')"),
+    "sys.exit at import": ("broken", "import sys\nsys.exit(3)"),
+    "hook raises": (
+        "broken",
+        "import camkit\n@camkit.hookimpl\ndef camkit_backends():\n    raise KeyError(1)",
+    ),
+    "hook returns garbage": (
+        "broken",
+        "import camkit\n@camkit.hookimpl\ndef camkit_backends():\n    return 5",
+    ),
+    "available raises": (
+        "broken",
+        _BACKEND.format(name="broken", can_handle="lambda m: True", available="boom"),
+    ),
+    "can_handle raises": (
+        "broken",
+        _BACKEND.format(name="broken", can_handle="boom", available="lambda: True"),
+    ),
+    # a third party taking a built-in name, by entry point or by backend name, claiming
+    # every model at a high priority
+    "entry point named torch": (
+        "torch",
+        _BACKEND.format(name="torch", can_handle="lambda m: True", available="lambda: True"),
+    ),
+    "backend named jax": (
+        "broken",
+        _BACKEND.format(name="jax", can_handle="lambda m: True", available="lambda: True"),
+    ),
+}
+
+SURVIVES = """
+import json, numpy as np, camkit
+from numpy_backend import GapLinearModel
+result = {}
+x = np.random.default_rng(0).uniform(size=(1, 2, 3, 3)).astype(np.float32)
+result["numpy"] = camkit.explain(GapLinearModel(np.eye(2, dtype=np.float32)), x).backend
+try:
+    import torch
+except ImportError:
+    pass
+else:
+    model = torch.nn.Sequential(torch.nn.Conv2d(2, 2, 1), torch.nn.ReLU(), torch.nn.Flatten(),
+                                torch.nn.Linear(18, 2))
+    result["torch"] = camkit.explain(model, torch.from_numpy(x), layer="0").backend
+result["cli"] = __import__("camkit._cli", fromlist=["main"]).main(["backends"])
+result["backends"] = {b.name: b.error for b in camkit.backends()}
+print(json.dumps(result))
+"""
+
+
+@pytest.mark.parametrize("how", list(BROKEN))
+def test_a_broken_plugin_is_a_warning_and_camkit_keeps_working(tmp_path, how):
+    entry_name, source = BROKEN[how]
+    (tmp_path / "camkit_broken_plugin.py").write_text(source)
+    install_fake_distribution(
+        tmp_path, {"numpy": "numpy_backend", entry_name: "camkit_broken_plugin"}
+    )
+    report = run_python(SURVIVES, tmp_path)
+    assert report["numpy"] == "numpy"
+    assert report["cli"] == 0
+    if "torch" in report:
+        assert report["torch"] == "torch"  # camkit's own, never the impostor
+    assert "camkit plugin" in report["stderr"] or "camkit backend" in report["stderr"]
+    assert any(error for error in report["backends"].values()), report["backends"]
+
+
+def test_a_third_party_entry_point_loaded_first_never_takes_a_builtin_name(tmp_path, monkeypatch):
+    """Entry points come in installation order; a third party's ``torch`` found before
+    camkit's own must neither disable nor replace it."""
+    import importlib.metadata
+
+    from camkit import _registry
+
+    source = _BACKEND.format(name="torch", can_handle="lambda m: True", available="lambda: True")
+    (tmp_path / "camkit_impostor.py").write_text(source)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    own = list(importlib.metadata.entry_points(group="camkit"))
+    impostor = importlib.metadata.EntryPoint("torch", "camkit_impostor", "camkit")
+    monkeypatch.setattr(importlib.metadata, "entry_points", lambda group: [impostor, *own])
+    registry = _registry._Registry()
+    with pytest.warns(RuntimeWarning, match="reserved for camkit's own"):
+        registry.ensure_loaded()
+    assert registry.backends["torch"].provider == "camkit_torch._provider:TorchProvider"
+    assert {"tf", "jax"} <= set(registry.backends)

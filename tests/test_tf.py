@@ -269,11 +269,11 @@ def test_errors(weights):
     two_branches = keras.Model(inputs, keras.layers.GlobalAveragePooling2D()(joined))
     with pytest.raises(camkit.LayerError, match=r"ambiguous.*\['left/conv', 'right/conv'\]"):
         camkit.explain(two_branches, X, layer="conv")
-    with pytest.raises(camkit.InputError, match=r"channels-last batch \(N, H, W, C\)"):
+    with pytest.raises(camkit.InputError, match=r"batch \(N, H, W, C\), channels-last"):
         camkit.explain(model, X[0])
     with pytest.raises(camkit.InputError, match="floating-point"):
         camkit.explain(model, (X * 10).astype(np.int32))
-    with pytest.raises(camkit.InputError, match="failed on inputs of shape"):
+    with pytest.raises(camkit.ModelError, match="failed on inputs of shape"):
         camkit.explain(model, rng.normal(size=(1, 12, 12, 5)).astype(np.float32))
 
 
@@ -430,3 +430,19 @@ def test_ablation_from_a_layer_before_a_concatenation(weights):
 def test_half_precision_is_refused_with_the_fix(weights):
     with pytest.raises(camkit.CapabilityError, match="mixed_float16"):
         camkit.explain(sequential(weights), X, "scorecam", "conv2", precision="bfloat16")
+
+
+def test_a_layer_sweep_is_not_reported_as_retracing(weights, caplog):
+    """Each layer has its own compiled capture, traced once: TensorFlow's frequent-retracing
+    warning (keyed on a function's code) must not fire for a sweep over layers."""
+    model = sequential(weights)
+    caplog.set_level("WARNING", logger="tensorflow")
+    logger = __import__("logging").getLogger("tensorflow")
+    logger.addHandler(caplog.handler)  # TensorFlow's logger does not propagate to the root
+    try:
+        for layer in ("conv1", "relu1", "pad2", "conv2", "relu2", "pad1", "conv1"):
+            camkit.explain(model, X, layer=layer)
+    finally:
+        logger.removeHandler(caplog.handler)
+    assert not [r for r in caplog.records if "retracing" in r.getMessage()]
+    assert camkit.GradCAM(model).provider.traces == 6

@@ -1,0 +1,116 @@
+"""The toolkit for writing a camkit backend: everything a provider needs, in public names.
+
+A backend is a plugin (entry-point group ``camkit``) whose ``camkit_backends()`` hook returns
+:class:`Backend` records; each record names a factory ``provider(model)`` of an object that
+satisfies :class:`ActivationGradientProvider` and, optionally, the capability protocols it
+declares. camkit's own PyTorch, TensorFlow and JAX backends are written from these names alone.
+
+>>> from camkit import provider as kit
+>>> name = kit.find_layer("conv2", layers, "MyNet")           # doctest: +SKIP
+>>> with kit.model_lock(model), kit.running_model("MyNet", x.shape, "float32"):
+...     outputs = model(x)                                     # doctest: +SKIP
+>>> scored = kit.score_outputs(target, outputs, len(x))        # doctest: +SKIP
+
+What it holds:
+
+- the contract: :class:`ActivationGradientProvider`, :class:`Capture`, :class:`ScoredTarget`
+  and one protocol per optional capability, reached with :func:`capability`;
+- targets: :func:`score_outputs` (the one place a target meets a model's outputs),
+  :func:`check_outputs`, and :func:`trace_target` for compiled captures;
+- layers: :func:`find_layer` (closest-name errors), :func:`last_spatial_layer` and the
+  per-model :func:`automatic_layer` cache;
+- running the model: :func:`model_lock` (one thread at a time per model), :func:`running_model`
+  (a model's failure becomes a :class:`ModelError`), :func:`check_batch`;
+- per-model state: :class:`ModelTable` (weak, by identity) and :class:`CompiledCache`;
+- arrays: :func:`array_namespace`, :func:`device`, and :func:`register_namespace` for a
+  framework without an Array API namespace.
+"""
+
+from ._errors import (
+    BackendError,
+    CamkitError,
+    CapabilityError,
+    InputError,
+    LayerError,
+    ModelError,
+    TargetError,
+    closest_names,
+)
+from ._layers import find_layer, last_spatial_layer
+from ._model_state import CompiledCache, ModelTable, automatic_layer, model_lock
+from ._namespace import array_namespace, device, register_namespace
+from ._protocol import (
+    CLASSIFIER_WEIGHTS,
+    FORWARD_FROM_LAYER,
+    FORWARD_SCORES,
+    FUSED_PIPELINE,
+    ActivationGradientProvider,
+    Batch,
+    Capability,
+    Capture,
+    ClassifierWeights,
+    ForwardFromLayer,
+    ForwardScores,
+    FusedPipeline,
+    Pipeline,
+    Precision,
+    capability,
+)
+from ._registry import Backend, hookimpl, module_available
+from ._running import check_batch, running_model
+from ._targets import (
+    CallableTarget,
+    ScoredTarget,
+    Target,
+    TracedTarget,
+    check_outputs,
+    score_outputs,
+    trace_target,
+)
+
+__all__ = [
+    "CLASSIFIER_WEIGHTS",
+    "FORWARD_FROM_LAYER",
+    "FORWARD_SCORES",
+    "FUSED_PIPELINE",
+    "ActivationGradientProvider",
+    "Backend",
+    "BackendError",
+    "Batch",
+    "CallableTarget",
+    "CamkitError",
+    "Capability",
+    "CapabilityError",
+    "Capture",
+    "ClassifierWeights",
+    "CompiledCache",
+    "ForwardFromLayer",
+    "ForwardScores",
+    "FusedPipeline",
+    "InputError",
+    "LayerError",
+    "ModelError",
+    "ModelTable",
+    "Pipeline",
+    "Precision",
+    "ScoredTarget",
+    "Target",
+    "TargetError",
+    "TracedTarget",
+    "array_namespace",
+    "automatic_layer",
+    "capability",
+    "check_batch",
+    "check_outputs",
+    "closest_names",
+    "device",
+    "find_layer",
+    "hookimpl",
+    "last_spatial_layer",
+    "model_lock",
+    "module_available",
+    "register_namespace",
+    "running_model",
+    "score_outputs",
+    "trace_target",
+]
