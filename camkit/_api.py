@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import inspect
 from collections.abc import Sequence
 from typing import Any
@@ -50,13 +51,14 @@ def methods() -> dict[str, type[CamMethod]]:
     return dict(_METHODS)
 
 
-def _option_names(cls: type[CamMethod]) -> set[str]:
+@functools.cache
+def _option_names(cls: type[CamMethod]) -> frozenset[str]:
     names: set[str] = set()
     for klass in cls.__mro__:
         if "__init__" in vars(klass) and issubclass(klass, CamMethod):
             parameters = inspect.signature(klass.__init__).parameters.values()
             names |= {p.name for p in parameters if p.kind is p.KEYWORD_ONLY}
-    return names
+    return frozenset(names)
 
 
 def explain(

@@ -62,10 +62,14 @@ def _always() -> bool:
 
 def module_available(module: str) -> Callable[[], bool]:
     """An ``available`` check for :class:`Backend`: whether ``module`` is importable, found
-    without importing it (or already imported)."""
+    without importing it (or already imported). Once found, it stays found (the search costs
+    a file-system walk, on every selection of a backend)."""
+    found = False
 
     def available() -> bool:
-        return module in sys.modules or importlib.util.find_spec(module) is not None
+        nonlocal found
+        found = found or module in sys.modules or importlib.util.find_spec(module) is not None
+        return found
 
     return available
 

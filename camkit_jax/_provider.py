@@ -14,8 +14,8 @@ How a call runs, and why:
 - Flax and function pairs are channels-last, ``(N, H, W, C)``; Equinox takes one
   channels-first image ``(C, H, W)`` and is vmapped. Activations reach the core as
   ``(N, C, H, W)``.
-- Inputs are cast to the floating dtype of the model's parameters (float64 under
-  ``jax_enable_x64``), and every call holds the model's lock.
+- Inputs are cast, inside the compiled function, to the floating dtype of the model's
+  parameters (float64 under ``jax_enable_x64``); every call holds the model's lock.
 
 Built from the public names of :mod:`camkit.provider` only.
 """
@@ -42,7 +42,6 @@ from camkit.provider import (
     Precision,
     ScoredTarget,
     Target,
-    TracedTarget,
 )
 
 from ._cache import compiled, trace_count
@@ -69,11 +68,22 @@ class _Scored(NamedTuple):
     indices: Any
 
 
+def _model_inputs(params: Any, x: Any) -> Any:
+    """Inputs in the floating dtype of the model's parameters (float64 under x64), inside the
+    compiled function, where the cast is free."""
+    for leaf in jax.tree_util.tree_leaves(params):
+        dtype = getattr(leaf, "dtype", None)
+        if dtype is not None and jnp.issubdtype(dtype, jnp.floating):
+            return x.astype(dtype)
+    return x
+
+
 def _at_precision(params: Any, x: Any, precision: Precision) -> tuple[Any, Any]:
-    """Parameters and inputs cast to ``precision`` (floating leaves only)."""
+    """Parameters and inputs cast to ``precision`` (floating leaves only); for float32, the
+    inputs in the parameters' own dtype."""
     dtype = _DTYPES[precision]
     if dtype == jnp.float32:
-        return params, x
+        return params, _model_inputs(params, x)
 
     def cast(leaf: Any) -> Any:
         floating = isinstance(leaf, jax.Array) and jnp.issubdtype(leaf.dtype, jnp.floating)
@@ -93,15 +103,6 @@ def _input_size(inputs: Any, layout: Layout) -> tuple[int, int]:
     return int(inputs.shape[2]), int(inputs.shape[3])
 
 
-def _float_dtype(params: Any) -> Any:
-    """The floating dtype of the model's parameters (float32 where it has none)."""
-    for leaf in jax.tree_util.tree_leaves(params):
-        dtype = getattr(leaf, "dtype", None)
-        if dtype is not None and jnp.issubdtype(dtype, jnp.floating):
-            return dtype
-    return jnp.float32
-
-
 class JaxProvider:
     """Captures activations and gradients of a JAX model inside one compiled function."""
 
@@ -112,7 +113,6 @@ class JaxProvider:
         )
         self._lock = kit.model_lock(self.kind.owner)
         self._keys: list[Hashable] = []
-        self._dtype: Any = None  # the parameters' floating dtype, found on first use
 
     @property
     def traces(self) -> int:
@@ -142,9 +142,10 @@ class JaxProvider:
             return output
 
         def shapes() -> Any:
+            inputs = _model_inputs(params, x)
             if self.kind.layout.per_sample:
-                return jax.vmap(lambda sample: run(params, sample, record, None))(x)
-            return run(params, x, record, None)
+                return jax.vmap(lambda sample: run(params, sample, record, None))(inputs)
+            return run(params, inputs, record, None)
 
         with self._lock, self._running(x):
             jax.eval_shape(shapes)
@@ -167,10 +168,6 @@ class JaxProvider:
         with self._lock, self._running(x):
             return function(params, x, *args)
 
-    @staticmethod
-    def _arrays(traced: TracedTarget) -> dict[str, Any]:
-        return {name: jnp.asarray(value) for name, value in traced.arrays.items()}
-
     # -- capture --------------------------------------------------------------------------
 
     def _run(
@@ -185,6 +182,7 @@ class JaxProvider:
         def build(run: Run, layout: Layout) -> Callable[..., Any]:
             def captured(params: Any, x: Any, arrays: dict[str, Any]) -> Any:
                 bound = traced.bind(arrays)
+                x = _model_inputs(params, x)
                 result = capture(layout, run, params, x, bound, layers, gradients)
                 if pipeline is None:
                     return result
@@ -196,7 +194,7 @@ class JaxProvider:
 
         name = ("capture", layers, traced.key, gradients, pipeline_key)
         function, params = self._compiled(name, build)
-        result = self._call(function, params, x, self._arrays(traced))
+        result = self._call(function, params, x, traced.arrays)
         channels_last = self.kind.layout.channels_last
         kit.check_outputs(target, result.outputs, count, channels_last=channels_last)
         return result
@@ -254,7 +252,7 @@ class JaxProvider:
             return scores
 
         function, params = self._compiled(("forward", traced.key, precision), build)
-        return self._scored(self._call(function, params, x, self._arrays(traced)), target, count)
+        return self._scored(self._call(function, params, x, traced.arrays), target, count)
 
     def forward_from_layer(
         self, x: Any, layer: str, activations: Any, target: Target, *, precision: Precision
@@ -285,7 +283,7 @@ class JaxProvider:
             return scores
 
         function, params = self._compiled(("from_layer", layer, traced.key, precision), build)
-        result = self._call(function, params, x, activations, self._arrays(traced))
+        result = self._call(function, params, x, activations, traced.arrays)
         return self._scored(result, target, count)
 
     # -- helpers --------------------------------------------------------------------------
@@ -308,9 +306,7 @@ class JaxProvider:
         floating = bool(jnp.issubdtype(inputs.dtype, jnp.floating))
         kit.check_batch(tuple(inputs.shape), str(inputs.dtype), floating=floating,
                         expected=expected)  # fmt: skip
-        if self._dtype is None:
-            self._dtype = _float_dtype(self.kind.split().params)
-        return jnp.asarray(inputs, dtype=self._dtype)
+        return jnp.asarray(inputs)
 
     # -- the rest of the protocol ---------------------------------------------------------
 
