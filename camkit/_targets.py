@@ -214,7 +214,25 @@ def _pick(values: Array, indices: Array) -> Array:
 
 
 @dataclass(frozen=True)
-class ClassTarget(Target):
+class _ClassIndexTarget(Target):
+    """A target reading one class per sample: ``index`` as given, checked and traced alike."""
+
+    index: int | Sequence[int] | None = None
+    #: How error messages name ``index``.
+    argument: ClassVar[str] = "index"
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "index", _canonical_index(self.index, self.argument))
+
+    def check(self, shape: tuple[int, ...], count: int) -> None:
+        _check_indices(self.index, shape, count, self.argument)  # type: ignore[arg-type]
+
+    def arrays(self, count: int) -> dict[str, np.ndarray]:
+        return {"index": _index_array(self.index, count, self.argument)}  # type: ignore[arg-type]
+
+
+@dataclass(frozen=True)
+class ClassTarget(_ClassIndexTarget):
     """The raw output (logit) of a class: ``S[n] = y[n, k_n]``.
 
     ``index`` is one class for every sample, one class per sample (a sequence or a 1-d integer
@@ -222,18 +240,7 @@ class ClassTarget(Target):
     explain the pre-softmax score.
     """
 
-    index: int | Sequence[int] | None = None
-    #: How error messages name ``index``.
     argument: ClassVar[str] = "target"
-
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "index", _canonical_index(self.index, self.argument))
-
-    def check(self, shape: tuple[int, ...], count: int) -> None:
-        _check_indices(self.index, shape, count, self.argument)  # type: ignore[arg-type]
-
-    def arrays(self, count: int) -> dict[str, np.ndarray]:
-        return {"index": _index_array(self.index, count, self.argument)}  # type: ignore[arg-type]
 
     def resolve(self, outputs: Array) -> ScoredTarget:
         indices = _chosen_indices(self.index, outputs)
@@ -241,23 +248,13 @@ class ClassTarget(Target):
 
 
 @dataclass(frozen=True)
-class SoftmaxTarget(Target):
+class SoftmaxTarget(_ClassIndexTarget):
     """The softmax probability of a class: ``S[n] = exp(y[n, k_n]) / sum_j exp(y[n, j])``.
 
     ``index`` as for :class:`ClassTarget`.
     """
 
-    index: int | Sequence[int] | None = None
     argument: ClassVar[str] = "SoftmaxTarget.index"
-
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "index", _canonical_index(self.index, self.argument))
-
-    def check(self, shape: tuple[int, ...], count: int) -> None:
-        _check_indices(self.index, shape, count, self.argument)  # type: ignore[arg-type]
-
-    def arrays(self, count: int) -> dict[str, np.ndarray]:
-        return {"index": _index_array(self.index, count, self.argument)}  # type: ignore[arg-type]
 
     def resolve(self, outputs: Array) -> ScoredTarget:
         xp = array_namespace(outputs)

@@ -1,8 +1,10 @@
-"""camkit's JAX backend: Flax NNX, Flax Linen and plain JAX functions.
+"""camkit's JAX backend: Flax NNX, Flax Linen, Equinox and plain JAX functions.
 
 This module is what the ``camkit`` entry point loads: it registers the backend without importing
-jax or flax. The provider lives in :mod:`camkit_jax._provider`, imported when a JAX model is
-explained. Models are passed as:
+jax, flax or equinox. The provider is imported when a JAX model is explained; it is split by
+concern: ``_kinds`` (how each kind of model lists its layers and runs with an intercept),
+``_trace`` (the capture, written to be traced), ``_cache`` (compiled functions, shared by
+models of one structure) and ``_provider``. Models are passed as:
 
 - a Flax NNX module: ``camkit.explain(model, x)``;
 - a Flax Linen module with its variables: ``camkit.explain((module, variables), x)``, or
