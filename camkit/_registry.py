@@ -133,9 +133,9 @@ class _Registry:
             manager.add_hookspecs(_HookSpecs)
             own: set[str] = set()
             for entry_point, is_own in self._entry_points():
-                name = entry_point.name if is_own or entry_point.name not in RESERVED_NAMES else (
-                    f"{entry_point.name} ({_distribution(entry_point)})"
-                )  # fmt: skip
+                name = entry_point.name
+                if name in RESERVED_NAMES and not is_own:  # never in the way of camkit's own
+                    name = f"{name} ({_distribution(entry_point)})"
                 try:
                     manager.register(entry_point.load(), name=name)
                 except _PLUGIN_FAILURES as error:  # a broken plugin must not break camkit

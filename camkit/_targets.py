@@ -445,25 +445,26 @@ def score_outputs(
     batch of ``count`` samples (``None`` where a compiler left the batch size open), in the
     outputs' namespace and traceable (no value is read).
 
-    The target's own checks (:meth:`Target.check`) run first, from the outputs' shape, unless
-    its data are a compiler's traced arrays (then call :func:`check_outputs` after the compiled
-    function). ``channels_last`` says that the model's per-pixel outputs are ``(N, H, W, K)``;
+    The target's own checks (:meth:`Target.check`) run first, from the outputs' shape; a target
+    bound to a compiler's traced arrays (:meth:`TracedTarget.bind`) makes those its static part
+    can make, and :func:`check_outputs` checks the rest after the compiled call.
+    ``channels_last`` says that the model's per-pixel outputs are ``(N, H, W, K)``;
     targets other than a callable see them channels-first. A target that fails, or returns
     anything but one score per sample, raises :class:`~camkit.TargetError` naming what it
     returned.
     """
     given = _array_outputs(target, outputs, channels_last)
     shape = _shape(given)
+    static: Target = getattr(target, _STATIC, target)  # what the user gave, less traced data
     if not isinstance(target, CallableTarget) and shape is not None and None not in shape:
-        checked: Target = getattr(target, _STATIC, target)
-        checked.check(shape, count if count is not None else shape[0])  # type: ignore[arg-type]
+        static.check(shape, count if count is not None else shape[0])  # type: ignore[arg-type]
     try:
         scored = target.resolve(given)
     except CamkitError:
         raise
     except Exception as error:
         raise TargetError(
-            f"the target {target!r} failed on the model's outputs ({_describe(outputs)}): "
+            f"the target {static!r} failed on the model's outputs ({_describe(outputs)}): "
             f"{type(error).__name__}: {error}"
         ) from error
     scores = scored.scores
@@ -471,7 +472,7 @@ def score_outputs(
     if shape is None or len(shape) != 1 or (None not in (count, shape[0]) and shape[0] != count):
         returned = type(scores).__name__ if shape is None else f"shape {shape}"
         raise TargetError(
-            f"the target {target!r} returned {returned}; it must return one score per sample, "
+            f"the target {static!r} returned {returned}; it must return one score per sample, "
             f"shape ({count},)"
         )
     xp = array_namespace(scores)

@@ -385,3 +385,33 @@ def test_equinox_with_float64_parameters_under_x64():
         expected = camkit.explain(narrow, images.astype(np.float32), layer="conv", target=1)
     assert got.cams.dtype == np.float32
     np.testing.assert_allclose(got.cams, expected.cams, atol=1e-4)
+
+
+def test_compiled_functions_are_bounded_and_keep_no_function_pair_alive():
+    """Compiled functions are kept per model structure, at most 32, with their trace counts:
+    function pairs explained once each are dropped in turn, and nothing keeps them alive
+    (before, a global trace counter held every function pair forever)."""
+    import gc
+    import weakref
+
+    from camkit_jax import _cache
+
+    def pair(scale):
+        def features(params, x):
+            return x * scale
+
+        def head(params, a):
+            return a.mean((1, 2)) @ params
+
+        return camkit_jax.FunctionSplit(features, head, jnp.eye(3))
+
+    references = []
+    for scale in range(40):
+        split = pair(float(scale + 1))
+        camkit.explain(split, X[:1], target=0)
+        references.append(weakref.ref(split.features))
+        del split
+    gc.collect()
+    assert len(_cache._COMPILED) <= 32
+    assert sum(reference() is not None for reference in references) <= 32
+    assert references[0]() is None  # the least recently used, dropped

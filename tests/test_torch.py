@@ -464,3 +464,9 @@ def test_masked_passes_fall_back_to_contiguous_inputs(x):
         probabilities = torch.softmax(model((x[:, None] * masks).reshape(12, 3, 12, 12)), 1)
         weights = probabilities[:, 1].reshape(3, 4)
     np.testing.assert_allclose(got.cams, (weights[:, :, None, None] * a).sum(1), atol=1e-5)
+
+
+def test_a_model_on_the_meta_device_is_refused_before_any_work():
+    model = SmallCNN().to("meta")
+    with pytest.raises(camkit.InputError, match="on the meta device.*to_empty"):
+        camkit.explain(model, torch.empty(1, 3, 8, 8, device="meta"))
