@@ -12,7 +12,7 @@ for writing one.
 
 from . import metrics, provider, targets
 from ._activation import CAM, EigenCAM, EigenGradCAM
-from ._api import explain, methods
+from ._api import explain, layers, methods
 from ._base import CamMethod, ChannelWeightedMethod, Explanation
 from ._errors import (
     BackendError,
@@ -32,6 +32,8 @@ from ._gradient import (
     SmoothGradCAMPlusPlus,
     XGradCAM,
 )
+from ._inputs import ModelInputs
+from ._layout import LayerInfo, LayerTable, Layout
 from ._overlay import COLORMAPS, image_grid, overlay
 from ._perturbation import ISCAM, SSCAM, AblationCAM, FasterScoreCAM, ScoreCAM
 from ._protocol import (
@@ -86,7 +88,11 @@ __all__ = [
     "InputError",
     "LayerCAM",
     "LayerError",
+    "LayerInfo",
+    "LayerTable",
+    "Layout",
     "ModelError",
+    "ModelInputs",
     "Precision",
     "ScoreCAM",
     "SmoothGradCAMPlusPlus",
@@ -96,6 +102,7 @@ __all__ = [
     "explain",
     "hookimpl",
     "image_grid",
+    "layers",
     "methods",
     "metrics",
     "module_available",

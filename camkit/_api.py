@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import functools
 import inspect
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from ._activation import CAM, EigenCAM, EigenGradCAM
@@ -19,10 +19,13 @@ from ._gradient import (
     SmoothGradCAMPlusPlus,
     XGradCAM,
 )
+from ._inputs import as_model_inputs
+from ._layout import LayerTable
 from ._perturbation import ISCAM, SSCAM, AblationCAM, FasterScoreCAM, ScoreCAM
+from ._registry import provider_for
 from ._targets import TargetLike
 
-__all__ = ["explain", "methods"]
+__all__ = ["explain", "layers", "methods"]
 
 _METHODS: dict[str, type[CamMethod]] = {
     cls.name: cls
@@ -69,13 +72,18 @@ def explain(
     target: TargetLike = None,
     backend: str | None = None,
     size: OutputSize = "input",
+    *,
+    image: int | str | None = None,
+    forward_kwargs: Mapping[str, Any] | None = None,
     **options: Any,
 ) -> Explanation:
     """Explain a batch in one call.
 
     Args:
         model: a model of any framework that a backend handles (a ``torch.nn.Module``, ...).
-        inputs: a batch as the model takes it (``(N, 3, H, W)`` for torch).
+        inputs: a batch as the model takes it (``(N, 3, H, W)`` images for torch; also
+            ``(N, C, L)`` signals and ``(N, C, D, H, W)`` volumes), or, for a model with
+            several inputs, a tuple of positional inputs or a dict of keyword inputs.
         method: one of :func:`methods`: ``"cam"``, ``"gradcam"``, ``"gradcam++"``,
             ``"xgradcam"``, ``"hirescam"``, ``"gradcam-elementwise"``, ``"layercam"``,
             ``"eigencam"``, ``"eigengradcam"``, ``"smoothgradcam++"``, ``"scorecam"``,
@@ -86,16 +94,21 @@ def explain(
             :mod:`camkit.targets` object, or a callable ``outputs -> (N,)`` in the model's
             framework.
         backend: a backend name to override automatic selection.
-        size: ``"input"``, ``"layer"`` or ``(H, W)``: the maps' size.
-        **options: the method's options: ``relu``, ``normalize``, ``fusion``, ``grid``,
-            ``prefix_tokens``, ``nonfinite`` (see :class:`CamMethod`), and per method
+        size: ``"input"``, ``"layer"`` or ``(H, W)`` (one size per spatial axis): the maps'
+            size.
+        image: with several inputs, the position or key of the one the maps are over
+            (default: the first array with spatial axes).
+        forward_kwargs: more keyword arguments for the model's forward pass (masks, text).
+        **options: the method's options: ``relu``, ``normalize``, ``fusion``, ``layout``,
+            ``grid``, ``prefix_tokens``, ``nonfinite`` (see :class:`CamMethod`), and per method
             ``variant`` (Grad-CAM++), ``classifier`` (CAM),
             ``samples``/``noise``/``seed`` (the smoothed methods), ``batch_size``,
             ``precision``, ``progress`` and ``weighting`` (the perturbation family),
             ``channels`` (Faster Score-CAM).
 
     Returns:
-        an :class:`Explanation` whose ``cams`` are numpy float32 ``(N, H, W)``.
+        an :class:`Explanation` whose ``cams`` are numpy float32 ``(N, H, W)`` (``(N, L)``,
+        ``(N, D, H, W)`` for signals and volumes).
     """
     cls = _METHODS.get(method) if isinstance(method, str) else None
     if cls is None:
@@ -111,4 +124,29 @@ def explain(
             f"{closest_names(unknown[0], sorted(valid))}"
         )
     with cls(model, layer, backend=backend, size=size, **options) as explainer:
-        return explainer(inputs, target)
+        return explainer(inputs, target, image=image, forward_kwargs=forward_kwargs)
+
+
+def layers(
+    model: Any,
+    inputs: Any,
+    *,
+    backend: str | None = None,
+    image: int | str | None = None,
+    forward_kwargs: Mapping[str, Any] | None = None,
+) -> LayerTable:
+    """Every layer a forward pass on ``inputs`` runs, in order: its name, its output's shape,
+    its layout (as camkit infers it; ``None`` where it cannot tell) and the spatial shape of its
+    map over the inputs (``None`` for a layer that cannot be explained). ``print()`` it for a
+    table. Arguments as for :func:`explain`.
+
+    >>> print(camkit.layers(model, images))                          # doctest: +SKIP
+    layer       output shape         layout           map
+    conv1       (8, 64, 112, 112)    channels_first   112x112
+    ...
+    """
+    _, provider = provider_for(model, backend)
+    try:
+        return provider.layers(as_model_inputs(inputs, forward_kwargs, image))
+    finally:
+        provider.close()

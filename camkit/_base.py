@@ -19,15 +19,19 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import math
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar, Literal
 
 import numpy as np
 
 from . import _checks, _ops
-from ._errors import CamkitError, CapabilityError, InputError
+from ._choose import choose_layer
+from ._errors import CamkitError, CapabilityError, InputError, LayerError
+from ._inputs import ModelInputs, as_model_inputs
+from ._layout import LayerTable, LayoutLike, check_layout, layer_layout, to_channels_first
 from ._protocol import (
     FORWARD_SCORES,
     FUSED_PIPELINE,
@@ -51,7 +55,7 @@ __all__ = [
 Array = Any
 Normalize = Literal["minmax", "none"]
 NonFinite = Literal["raise", "nan"]
-OutputSize = Literal["input", "layer"] | tuple[int, int]
+OutputSize = Literal["input", "layer"] | tuple[int, ...]
 LayerLike = str | object
 
 
@@ -59,7 +63,8 @@ LayerLike = str | object
 class Explanation:
     """The result of explaining a batch.
 
-    ``cams`` ``(N, H, W)`` float32, in ``[0, 1]`` when normalized; ``targets`` ``(N,)`` int64,
+    ``cams`` ``(N, *S)`` float32 (``(N, H, W)`` for images, ``(N, L)`` for signals,
+    ``(N, D, H, W)`` for volumes), in ``[0, 1]`` when normalized; ``targets`` ``(N,)`` int64,
     the output index each map explains (``-1`` for a callable target); ``scores`` ``(N,)``
     float32, the target score of each sample; ``layers`` the layers' names as the backend knows
     them; ``method`` and ``backend`` the names used.
@@ -92,17 +97,24 @@ class CamMethod(ABC):
     Args:
         model: the model, in any framework a backend handles.
         layer: a layer name, a layer object, or a sequence of them (their maps are fused);
-            ``None`` picks the last layer with a spatial output.
+            ``None`` picks the last layer whose every position reaches the target's score
+            (see :func:`camkit.layers` for what a model offers).
         backend: a backend name (``"torch"``, ...) to override automatic selection.
         relu: keep only the positive part of each layer's map; ``None`` uses the method's
             paper (on for the gradient methods, off for CAM and Eigen-CAM).
         normalize: ``"minmax"`` rescales each map to ``[0, 1]``; ``"none"`` keeps raw values.
         size: ``"input"`` (the inputs' spatial size), ``"layer"`` (the largest layer's own
-            size) or ``(H, W)``.
+            size) or a size with one number per spatial axis (``(H, W)`` for images).
         fusion: how several layers' maps combine: ``"mean"``, ``"max"`` or ``"product"``.
-        grid: ``(h, w)`` patch grid of token layers ``(N, T, C)``; ``None`` for a square grid.
-        prefix_tokens: leading tokens (class, registers) to drop from token layers; ``None``
-            drops the fewest that leave ``h * w`` tokens.
+        layout: how the layers' outputs are laid out: ``"channels_first"`` ``(N, C, *S)``,
+            ``"channels_last"`` ``(N, *S, C)``, ``"tokens"`` ``(N, T, C)``, or a function in
+            the model's framework turning the output into ``(N, C, *S)``; ``None`` infers it
+            from the framework (a module type, a Keras ``data_format``, a channels-last
+            framework) and says so where it cannot.
+        grid: the patch grid of token layers, one number per spatial axis; ``None`` finds it
+            from the inputs' size.
+        prefix_tokens: leading tokens (class, distillation, registers) to drop from token
+            layers; ``None`` drops the fewest that leave a grid of the inputs' shape.
         nonfinite: what a sample whose score or map is NaN or infinite (NaN or inf in its
             inputs, say) gets: ``"raise"`` an :class:`~camkit.InputError` naming the samples,
             ``"nan"`` a map of NaN (so that a long run goes on and the sample can be dropped).
@@ -138,7 +150,8 @@ class CamMethod(ABC):
         normalize: Normalize = "minmax",
         size: OutputSize = "input",
         fusion: _ops.Fusion = "mean",
-        grid: tuple[int, int] | None = None,
+        layout: LayoutLike | None = None,
+        grid: Sequence[int] | None = None,
         prefix_tokens: int | None = None,
         nonfinite: NonFinite = "raise",
     ) -> None:
@@ -147,12 +160,13 @@ class CamMethod(ABC):
         self.size: OutputSize = (
             size
             if isinstance(size, str) and size in ("input", "layer")
-            else _checks.positive_pair(size, "size", "'input', 'layer' or (height, width)")
+            else _checks.positive_sizes(size, "size", "'input', 'layer' or (height, width)")
         )
         flag = _checks.optional_flag(relu, "relu")
         self.relu = self.relu_by_default if flag is None else flag
-        self.grid = None if grid is None else _checks.positive_pair(
-            grid, "grid", "(rows, columns) of the patch tokens, or None for a square grid"
+        self.layout = check_layout(layout)
+        self.grid = None if grid is None else _checks.positive_sizes(
+            grid, "grid", "the patch grid, (rows, columns) for images, or None to find it"
         )  # fmt: skip
         self.prefix_tokens = (
             None if prefix_tokens is None
@@ -183,30 +197,63 @@ class CamMethod(ABC):
         """The layers' names; ``None`` until the first call when chosen automatically."""
         return self._layers
 
-    def __call__(self, inputs: Any, target: TargetLike = None) -> Explanation:
-        """Explain a batch: ``inputs`` as the model takes them, ``target`` as in
+    def __call__(
+        self,
+        inputs: Any,
+        target: TargetLike = None,
+        *,
+        image: int | str | None = None,
+        forward_kwargs: Mapping[str, Any] | None = None,
+    ) -> Explanation:
+        """Explain a batch: ``inputs``, ``target``, ``image`` and ``forward_kwargs`` as in
         :func:`camkit.explain`."""
         if self._closed:
             raise CamkitError(f"this {type(self).__name__} is closed; create a new one")
+        model_inputs = as_model_inputs(inputs, forward_kwargs, image)
         chosen = as_target(target)
+        table = self.provider.layers(model_inputs)
         if self._layers is None:
-            self._layers = (self.provider.default_layer(inputs),)
+            if "layer" not in table.chosen:
+                table.chosen["layer"] = choose_layer(self.provider, model_inputs, chosen, table)
+            self._layers = (table.chosen["layer"],)
         layers = self._layers
+        layouts = tuple(self._layout_of(table, name) for name in layers)
+        size = self.provider.input_size(model_inputs)
+        for argument, value in (("grid", self.grid), ("size", self.size)):
+            if isinstance(value, tuple) and len(value) != len(size):
+                raise InputError(
+                    f"{argument}={value!r} has {len(value)} axes but the inputs have "
+                    f"{len(size)} spatial axes {size}; give one number per axis"
+                )
         if self.fusable and FUSED_PIPELINE in self.provider.capabilities:
+            detached = self._detached()
+
+            def pipeline(capture: Capture, size: tuple[int, ...]) -> Array:
+                return detached._pipeline(capture, Batch(size, layouts))
+
             cams, capture = capability(self.provider, FUSED_PIPELINE).run_pipeline(
-                inputs, layers, chosen, gradients=self.needs_gradients,
-                pipeline=self._detached()._pipeline, key=self._pipeline_key(),
+                model_inputs, layers, chosen, gradients=self.needs_gradients,
+                pipeline=pipeline, key=(self._pipeline_key(), layouts),
             )  # fmt: skip
         else:
-            capture = self._capture(inputs, layers, chosen)
-            batch = Batch(self.provider.input_size(inputs))
+            capture = self._capture(model_inputs, layers, chosen)
+            batch = Batch(size, layouts)
             if self.needs_inputs:
-                x = capability(self.provider, FORWARD_SCORES).core_inputs(inputs)
-                batch = dataclasses.replace(batch, inputs=x, target=chosen)
+                x = capability(self.provider, FORWARD_SCORES).core_inputs(model_inputs)
+                batch = dataclasses.replace(batch, image=x, inputs=model_inputs, target=chosen)
             cams = self._pipeline(capture, batch)
         return self._explanation(cams, capture)
 
-    def _capture(self, inputs: Any, layers: Sequence[str], target: Target) -> Capture:
+    def _layout_of(self, table: LayerTable, layer: str) -> LayoutLike:
+        """How ``layer``'s output is read: ``layout=``, else as the layer table says."""
+        if layer not in table:
+            raise LayerError(
+                f"layer {layer!r} was not called during the forward pass; choose a layer that "
+                "the model uses"
+            )
+        return layer_layout(table[layer], self.layout, table)
+
+    def _capture(self, inputs: ModelInputs, layers: Sequence[str], target: Target) -> Capture:
         """The provider's capture of one batch; a method needing several overrides this."""
         return self.provider.capture(inputs, layers, target, gradients=self.needs_gradients)
 
@@ -236,42 +283,42 @@ class CamMethod(ABC):
         return cams
 
     def _layer_maps(self, capture: Capture, batch: Batch) -> list[Array]:
-        """Each layer's raw map ``(N, h, w)``, in the order of ``layers``."""
+        """Each layer's raw map ``(N, *S)``, in the order of ``layers``."""
         gradients = capture.gradients or (None,) * len(capture.activations)
         maps = []
-        for layer, activations, layer_gradients in zip(
-            self._layers or (), capture.activations, gradients, strict=True
+        for layer, layout, activations, layer_gradients in zip(
+            self._layers or (), batch.layouts, capture.activations, gradients, strict=True
         ):
-            activations = self._as_grid(activations, layer)
+            activations = self._as_grid(activations, layer, layout, batch)
             if layer_gradients is not None:
-                layer_gradients = self._as_grid(layer_gradients, layer)
+                layer_gradients = self._as_grid(layer_gradients, layer, layout, batch)
             maps.append(self.layer_map(activations, layer_gradients, capture, batch))
         return maps
 
-    def _as_grid(self, x: Array, layer: str) -> Array:
-        """A layer's output ``(N, C, H, W)``, or its tokens ``(N, T, C)`` laid out as one."""
-        if x.ndim == 3:
-            return _ops.tokens_to_grid(x, self.grid, self.prefix_tokens)
-        if x.ndim != 4:
+    def _as_grid(self, x: Array, layer: str, layout: LayoutLike, batch: Batch) -> Array:
+        """A layer's output in ``layout`` as ``(N, C, *S)``, with as many spatial axes as the
+        inputs."""
+        grid = to_channels_first(x, layout, batch.size, self.grid, self.prefix_tokens)
+        if grid.ndim != len(batch.size) + 2:
             raise InputError(
-                f"layer {layer!r} outputs shape {tuple(x.shape)}, which has no spatial axes; "
-                "camkit needs (N, C, H, W) feature maps or (N, tokens, C) token outputs: choose "
-                "an earlier layer (layer=None picks the last one with a spatial output)"
+                f"layer {layer!r} read as {layout!r} gives shape {tuple(grid.shape)}, not "
+                f"(N, C) and {len(batch.size)} spatial axes like the inputs; choose a layer "
+                "with spatial axes, or pass layout= (see camkit.layers(model, inputs))"
             )
-        return x
+        return grid
 
-    def _output_size(self, input_size: tuple[int, int], maps: Sequence[Array]) -> tuple[int, int]:
+    def _output_size(self, input_size: tuple[int, ...], maps: Sequence[Array]) -> tuple[int, ...]:
         if self.size == "input":
             return input_size
         if self.size == "layer":
-            sizes = [(int(m.shape[1]), int(m.shape[2])) for m in maps]
-            return max(sizes, key=lambda hw: hw[0] * hw[1])
-        return self.size  # type: ignore[return-value]
+            sizes = [tuple(int(s) for s in m.shape[1:]) for m in maps]
+            return max(sizes, key=math.prod)
+        return tuple(self.size)
 
-    def _finish(self, layer_map: Array, size: tuple[int, int]) -> Array:
+    def _finish(self, layer_map: Array, size: tuple[int, ...]) -> Array:
         if self.relu:
             layer_map = _ops.relu(layer_map)
-        layer_map = _ops.resize_bilinear(layer_map, size)
+        layer_map = _ops.resize_linear(layer_map, size)
         return _ops.normalize_minmax(layer_map) if self.normalize == "minmax" else layer_map
 
     def _explanation(self, cams: Array, capture: Capture) -> Explanation:

@@ -22,7 +22,7 @@ __all__ = [
     "one_of",
     "optional_flag",
     "positive_int",
-    "positive_pair",
+    "positive_sizes",
     "seed",
 ]
 
@@ -88,17 +88,12 @@ def optional_flag(value: object, argument: str) -> bool | None:
     raise InputError(f"{argument}={value!r} is not valid; use True, False or None")
 
 
-def positive_pair(value: object, argument: str, wanted: str) -> tuple[int, int]:
-    """``value`` as a pair of positive ``int``; ``wanted`` says what the pair is."""
-    if (
-        isinstance(value, tuple | list)
-        and len(value) == 2
-        and all(
-            _is_int(v) and int(v) > 0
-            for v in value  # type: ignore[call-overload]
-        )
-    ):
-        return int(value[0]), int(value[1])
+def positive_sizes(value: object, argument: str, wanted: str) -> tuple[int, ...]:
+    """``value`` as one to three positive ``int`` (a size per spatial axis); ``wanted`` says
+    what they are."""
+    sizes = list(value) if isinstance(value, tuple | list) else []
+    if 1 <= len(sizes) <= 3 and all(_is_int(v) and int(v) > 0 for v in sizes):
+        return tuple(int(v) for v in sizes)
     raise InputError(f"{argument}={value!r} is not valid; use {wanted}")
 
 

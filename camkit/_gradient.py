@@ -1,7 +1,8 @@
 """The gradient-weighted family: maps built from activations ``A`` and gradients ``G = dS/dA``.
 
-Shapes: ``A`` and ``G`` are ``(N, C, H, W)``; maps are ``(N, H, W)``. ``S`` is the target
-score of each sample (by default the pre-softmax logit of its top-1 class).
+Shapes: ``A`` and ``G`` are ``(N, C, *S)`` (``(N, C, H, W)`` for images; one to three spatial
+axes); maps are ``(N, *S)``; sums and means over ``ij`` run over every spatial axis. ``S`` is
+the target score of each sample (by default the pre-softmax logit of its top-1 class).
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from array_api_compat import array_namespace, device
 
 from . import _checks, _noise, _ops
 from ._base import CamMethod, ChannelWeightedMethod
+from ._inputs import ModelInputs
 from ._protocol import FORWARD_SCORES, Batch, Capture, capability
 from ._targets import Target, rows_target
 
@@ -105,7 +107,7 @@ class GradCAMPlusPlus(ChannelWeightedMethod):
         if self.variant == "author-code":
             alpha = _nonzero_divide(alpha, _ops.spatial_sum(alpha))
         xp = array_namespace(alpha)
-        return xp.sum(alpha * _ops.relu(gradients), axis=(2, 3))
+        return xp.sum(alpha * _ops.relu(gradients), axis=_ops.spatial_axes(alpha))
 
 
 class XGradCAM(ChannelWeightedMethod):
@@ -125,8 +127,9 @@ class XGradCAM(ChannelWeightedMethod):
         self, activations: Array, gradients: Array, capture: Capture, batch: Batch
     ) -> Array:
         xp = array_namespace(activations, gradients)
-        weighted = xp.sum(activations * gradients, axis=(2, 3))
-        return _nonzero_divide(weighted, xp.sum(activations, axis=(2, 3)))
+        axes = _ops.spatial_axes(activations)
+        weighted = xp.sum(activations * gradients, axis=axes)
+        return _nonzero_divide(weighted, xp.sum(activations, axis=axes))
 
 
 class HiResCAM(CamMethod):
@@ -207,8 +210,8 @@ class SmoothGradCAMPlusPlus(ChannelWeightedMethod):
     name = "smoothgradcam++"
     paper = "Omeiza et al., 2019, arXiv:1908.01224"
     requires = frozenset({FORWARD_SCORES})  # core_inputs and native_inputs
-    fusable = False  # several captures per call; the averaged powers of G travel stacked on
-    # the channel axis of ``capture.gradients``: (N, 3C, H, W) = [D_1, D_2, D_3]
+    fusable = False  # several captures per call; the averaged powers of G travel in
+    # ``capture.gradients`` as [D_1 of each layer..., D_2 ..., D_3 ...]
 
     def __init__(
         self, *args: Any, samples: int = 10, noise: float = 0.15, seed: int | None = None,
@@ -219,12 +222,13 @@ class SmoothGradCAMPlusPlus(ChannelWeightedMethod):
         self.seed = _checks.seed(seed)
         super().__init__(*args, **kwargs)
 
-    def _capture(self, inputs: Any, layers: Sequence[str], target: Target) -> Capture:
+    def _capture(self, inputs: ModelInputs, layers: Sequence[str], target: Target) -> Capture:
         provider = capability(self.provider, FORWARD_SCORES)
         clean = self.provider.capture(inputs, layers, target, gradients=False)
         x = provider.core_inputs(inputs)
         xp = array_namespace(x)
-        spread = xp.max(x, axis=(1, 2, 3), keepdims=True) - xp.min(x, axis=(1, 2, 3), keepdims=True)
+        axes = tuple(range(1, x.ndim))
+        spread = xp.max(x, axis=axes, keepdims=True) - xp.min(x, axis=axes, keepdims=True)
         indices = None if clean.indices is None else self.provider.to_numpy(clean.indices)
         pinned = rows_target(target, indices, np.arange(x.shape[0]), probability=False)
         seed = _noise.run_seed(self.seed)
@@ -234,21 +238,33 @@ class SmoothGradCAMPlusPlus(ChannelWeightedMethod):
             # the batch it came in
             draw = _noise.normal(seed, (repeat,), tuple(x.shape[1:]))
             noise = xp.asarray(draw, device=device(x))[None, ...]
-            noisy = provider.native_inputs(x + noise * (self.noise * spread))
+            noisy = inputs.with_image(provider.native_image(x + noise * (self.noise * spread)))
             gradients = self.provider.capture(noisy, layers, pinned, gradients=True).gradients
             powers = [[g, g * g, g * g * g] for g in gradients or ()]
             sums = powers if sums is None else [
                 [total + power for total, power in zip(layer_sums, layer_powers, strict=True)]
                 for layer_sums, layer_powers in zip(sums, powers, strict=True)
             ]  # fmt: skip
-        stacked = tuple(
-            array_namespace(layer_sums[0]).concat(
-                [total / self.samples for total in layer_sums],
-                axis=1 if layer_sums[0].ndim == 4 else -1,
-            )
-            for layer_sums in sums or []
-        )
+        averages = [[total / self.samples for total in layer_sums] for layer_sums in sums or []]
+        stacked = tuple(layer[power] for power in range(3) for layer in averages)
         return dataclasses.replace(clean, gradients=stacked)
+
+    def _layer_maps(self, capture: Capture, batch: Batch) -> list[Array]:
+        """Each layer's map, with its three averaged powers of ``G`` read in the layer's
+        layout and stacked on the channel axis: ``(N, 3C, *S) = [D_1, D_2, D_3]``."""
+        count = len(capture.activations)
+        powers = capture.gradients or ()
+        maps = []
+        for index, (layer, layout, activations) in enumerate(
+            zip(self._layers or (), batch.layouts, capture.activations, strict=True)
+        ):
+            grid = self._as_grid(activations, layer, layout, batch)
+            stacked = array_namespace(grid).concat(
+                [self._as_grid(powers[index + p * count], layer, layout, batch) for p in range(3)],
+                axis=1,
+            )
+            maps.append(self.layer_map(grid, stacked, capture, batch))
+        return maps
 
     def channel_weights(
         self, activations: Array, gradients: Array, capture: Capture, batch: Batch
@@ -257,4 +273,4 @@ class SmoothGradCAMPlusPlus(ChannelWeightedMethod):
         channels = activations.shape[1]
         first, second, third = (gradients[:, i * channels : (i + 1) * channels] for i in range(3))
         alpha = _plus_plus_alpha(activations, second, third)
-        return xp.sum(alpha * _ops.relu(first), axis=(2, 3))
+        return xp.sum(alpha * _ops.relu(first), axis=_ops.spatial_axes(activations))

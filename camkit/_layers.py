@@ -1,12 +1,12 @@
-"""Layers: finding the one a user named, and choosing one automatically."""
+"""Layers: finding the one a user named."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping
 
 from ._errors import LayerError, closest_names
 
-__all__ = ["find_layer", "last_spatial_layer"]
+__all__ = ["find_layer"]
 
 
 def find_layer(
@@ -50,26 +50,4 @@ def find_layer(
     raise LayerError(
         f"{argument}={layer!r} is neither a name nor a layer of {model_name}; pass a name "
         f"such as {example!r} or the layer itself"
-    )
-
-
-def last_spatial_layer(
-    calls: Sequence[tuple[str, tuple[int, ...]]],
-    is_spatial: Callable[[tuple[int, ...]], bool],
-    model_name: str,
-    input_shape: tuple[int, ...],
-) -> str:
-    """The layer whose spatial output came last in a forward pass.
-
-    ``calls`` lists ``(layer name, output shape)`` in the order the outputs were produced (a
-    container completes after its children, so it wins over its last child); ``is_spatial``
-    tells a feature map of the backend's layout from other outputs.
-    """
-    for name, shape in reversed(calls):
-        if is_spatial(shape):
-            return name
-    raise LayerError(
-        f"no layer of {model_name} outputs a spatial map for inputs of shape {input_shape}; "
-        "pass layer= (for a vision transformer, a block whose output is (N, tokens, C), with "
-        "grid=(h, w) if it is not square)"
     )

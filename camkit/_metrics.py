@@ -1,15 +1,18 @@
 """Faithfulness and localization metrics of saliency maps, on every backend.
 
-The model-based metrics perturb the inputs with a map and score the perturbed inputs through
+The model-based metrics perturb the image with a map and score the perturbed inputs through
 the backend's ``forward_scores`` (batched, on the model's device, no capture hooks); the
-localization metrics compare maps with boxes or masks on the host. Maps are ``(N, H, W)`` at the
-inputs' resolution (an :class:`~camkit.Explanation` or an array); inputs are as the model takes
-them. Every result holds per-sample values and their mean. The public names are exported by
-``camkit.metrics``.
+localization metrics compare maps with boxes or masks on the host. Maps are ``(N, *S)`` at the
+image's resolution (``(N, H, W)`` for images; an :class:`~camkit.Explanation` or an array);
+inputs are as the model takes them, with ``image=`` and ``forward_kwargs=`` as for
+:func:`camkit.explain` (only the image is perturbed). Every result holds per-sample values and
+their mean. The public names are exported by ``camkit.metrics``.
 """
 
 from __future__ import annotations
 
+import math
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal, get_args
 
@@ -19,6 +22,7 @@ from array_api_compat import array_namespace, device
 from . import _checks, _ops
 from ._base import Explanation
 from ._errors import CapabilityError, InputError
+from ._inputs import ModelInputs, as_model_inputs
 from ._progress import Progress
 from ._protocol import (
     FORWARD_SCORES,
@@ -43,9 +47,10 @@ def _not_finite(values: np.ndarray) -> list[int]:
 
 def _maps(cams: Explanation | Any, argument: str = "cams") -> np.ndarray:
     maps = cams.cams if isinstance(cams, Explanation) else np.asarray(cams)
-    if maps.ndim != 3 or maps.size == 0:
+    if not 2 <= maps.ndim <= 4 or maps.size == 0:
         raise InputError(
-            f"{argument} has shape {maps.shape}; expected maps (N, H, W) or a camkit.Explanation"
+            f"{argument} has shape {maps.shape}; expected maps (N, H, W) (or (N, L), "
+            "(N, D, H, W)) or a camkit.Explanation"
         )
     if not np.issubdtype(maps.dtype, np.number) or np.issubdtype(maps.dtype, np.complexfloating):
         raise InputError(f"{argument} has dtype {maps.dtype}; expected real-valued maps")
@@ -64,17 +69,20 @@ class _Scoring:
 
     provider: ActivationGradientProvider
     forward: ForwardScores
-    inputs: Array
+    model_inputs: ModelInputs
+    inputs: Array  # the image, channels-first
     target: Target
     indices: np.ndarray | None
     probability: bool
 
     @classmethod
     def of(
-        cls, model: Any, inputs: Any, target: TargetLike, backend: str | None, score: Score
-    ) -> _Scoring:
+        cls, model: Any, inputs: Any, target: TargetLike, backend: str | None, score: Score,
+        image: int | str | None, forward_kwargs: Mapping[str, Any] | None,
+    ) -> _Scoring:  # fmt: skip
         _checks.one_of(score, "score", ("probability", "target"))
         chosen = as_target(target)
+        model_inputs = as_model_inputs(inputs, forward_kwargs, image)
         name, provider = provider_for(model, backend)
         if FORWARD_SCORES not in provider.capabilities:
             raise CapabilityError(
@@ -82,8 +90,8 @@ class _Scoring:
                 f"{name!r} backend does not provide for {type(model).__qualname__}"
             )
         forward = capability(provider, FORWARD_SCORES)
-        x = forward.core_inputs(inputs)
-        scored = forward.forward_scores(x, chosen, precision="float32")
+        x = forward.core_inputs(model_inputs)
+        scored = forward.forward_scores(model_inputs, chosen, precision="float32")
         bad = _not_finite(provider.to_numpy(scored.scores))
         if bad:
             raise InputError(
@@ -91,20 +99,22 @@ class _Scoring:
                 "the model's weights) hold NaN or inf; check np.isfinite(inputs[i]).all()"
             )
         indices = None if scored.indices is None else provider.to_numpy(scored.indices)
-        return cls(provider, forward, x, chosen, indices, score == "probability")
+        return cls(provider, forward, model_inputs, x, chosen, indices, score == "probability")
 
     def check(self, maps: np.ndarray) -> None:
-        expected = (self.inputs.shape[0], *self.inputs.shape[-2:])
-        if maps.shape != tuple(expected):
+        expected = tuple(int(s) for s in (self.inputs.shape[0], *self.inputs.shape[2:]))
+        if maps.shape != expected:
             raise InputError(
-                f"cams have shape {maps.shape} but the inputs need {tuple(expected)} (N, H, W); "
+                f"cams have shape {maps.shape} but the inputs need {expected} (N, *spatial); "
                 "explain with size='input', or pass maps at the inputs' resolution"
             )
 
     def scores(self, images: Array, rows: np.ndarray, precision: Precision) -> Array:
-        """The pinned target's scores of ``images``, whose row ``b`` derives from ``rows[b]``."""
+        """The pinned target's scores of ``images`` (channels-first), whose row ``b`` derives
+        from sample ``rows[b]`` (the model's other inputs are taken along)."""
         target = rows_target(self.target, self.indices, rows, probability=self.probability)
-        return self.forward.forward_scores(images, target, precision=precision).scores
+        inputs = self.model_inputs.rows(rows, self.forward.native_image(images))
+        return self.forward.forward_scores(inputs, target, precision=precision).scores
 
     def on_device(self, array: np.ndarray) -> Array:
         xp = array_namespace(self.inputs)
@@ -167,17 +177,19 @@ def _curves(
     model: Any, inputs: Any, cams: Explanation | Any, target: TargetLike, *, insert: bool,
     steps: int, baseline: Baseline, blur_sigma: float, score: Score, batch_size: int,
     backend: str | None, precision: Precision, progress: bool | None,
+    image: int | str | None, forward_kwargs: Mapping[str, Any] | None,
 ) -> Curves:  # fmt: skip
     _checks.positive_int(steps, "steps")
     _checks.positive_int(batch_size, "batch_size")
     _checks.one_of(precision, "precision", get_args(Precision))
     _checks.number(blur_sigma, "blur_sigma", minimum=0)
     maps = _maps(cams)
-    scoring = _Scoring.of(model, inputs, target, backend, score)
+    scoring = _Scoring.of(model, inputs, target, backend, score, image, forward_kwargs)
     scoring.check(maps)
     x = scoring.inputs
     xp = array_namespace(x)
-    count, pixels = maps.shape[0], maps.shape[1] * maps.shape[2]
+    count, pixels = maps.shape[0], math.prod(maps.shape[1:])
+    spread = (1,) * (maps.ndim - 1)  # broadcasts a per-row value over the spatial axes
     # rank[n, p]: position of pixel p when sorted by saliency, most salient first (stable)
     order = np.argsort(-maps.reshape(count, pixels), axis=1, kind="stable")
     rank = np.empty_like(order)
@@ -195,9 +207,10 @@ def _curves(
             rows, step_ids = pairs // (steps + 1), pairs % (steps + 1)
             where = xp.asarray(rows, device=device(x))
             limits = scoring.on_device(changed_counts[step_ids].astype(np.float32))
-            changed = xp.astype(xp.take(ranks, where, axis=0) < limits[:, None, None], x.dtype)
+            limits = xp.reshape(limits, (len(pairs), *spread))
+            changed = xp.astype(xp.take(ranks, where, axis=0) < limits, x.dtype)
             first, last = xp.take(start_images, where, axis=0), xp.take(end_images, where, axis=0)
-            images = first + changed[:, None, :, :] * (last - first)
+            images = first + changed[:, None, ...] * (last - first)
             chunks.append(scoring.scores(images, rows, precision))
             meter.advance(len(pairs))
     finally:
@@ -224,6 +237,8 @@ def deletion(
     backend: str | None = None,
     precision: Precision = "float32",
     progress: bool | None = None,
+    image: int | str | None = None,
+    forward_kwargs: Mapping[str, Any] | None = None,
 ) -> Curves:
     """The deletion curve: the score as the most salient pixels are removed first.
 
@@ -241,6 +256,8 @@ def deletion(
         baseline: what removed pixels become: a number, ``"blur"`` (the input blurred with a
             Gaussian of ``blur_sigma`` pixels) or an array shaped like the channels-first inputs.
         batch_size: perturbed inputs per forward pass.
+        image, forward_kwargs: for models with several inputs, as for
+            :func:`camkit.explain`; only the image is perturbed.
 
     Petsiuk et al., "RISE: Randomized Input Sampling for Explanation of Black-box Models",
     BMVC 2018, section 4.1.
@@ -248,7 +265,7 @@ def deletion(
     return _curves(
         model, inputs, cams, target, insert=False, steps=steps, baseline=baseline,
         blur_sigma=blur_sigma, score=score, batch_size=batch_size, backend=backend,
-        precision=precision, progress=progress,
+        precision=precision, progress=progress, image=image, forward_kwargs=forward_kwargs,
     )  # fmt: skip
 
 
@@ -266,6 +283,8 @@ def insertion(
     backend: str | None = None,
     precision: Precision = "float32",
     progress: bool | None = None,
+    image: int | str | None = None,
+    forward_kwargs: Mapping[str, Any] | None = None,
 ) -> Curves:
     """The insertion curve: the score as the most salient pixels are put back first.
 
@@ -280,7 +299,7 @@ def insertion(
     return _curves(
         model, inputs, cams, target, insert=True, steps=steps, baseline=baseline,
         blur_sigma=blur_sigma, score=score, batch_size=batch_size, backend=backend,
-        precision=precision, progress=progress,
+        precision=precision, progress=progress, image=image, forward_kwargs=forward_kwargs,
     )  # fmt: skip
 
 
@@ -318,6 +337,8 @@ def confidence_change(
     batch_size: int = 32,
     backend: str | None = None,
     precision: Precision = "float32",
+    image: int | str | None = None,
+    forward_kwargs: Mapping[str, Any] | None = None,
 ) -> ConfidenceChange:
     """Average drop ``(1/N) sum_n max(0, Y_n - O_n) / Y_n`` and increase in confidence
     ``(1/N) sum_n [O_n > Y_n]``, where ``Y_n`` is the score of the input and ``O_n`` that of
@@ -328,11 +349,11 @@ def confidence_change(
     _checks.positive_int(batch_size, "batch_size")
     _checks.one_of(precision, "precision", get_args(Precision))
     maps = _maps(cams)
-    scoring = _Scoring.of(model, inputs, target, backend, score)
+    scoring = _Scoring.of(model, inputs, target, backend, score, image, forward_kwargs)
     scoring.check(maps)
     x = scoring.inputs
     xp = array_namespace(x)
-    weights = scoring.on_device(maps)[:, None, :, :]
+    weights = scoring.on_device(maps)[:, None, ...]
     half = max(1, batch_size // 2)  # each pass scores an input and its explanation map
     original, explained = [], []
     for start in range(0, maps.shape[0], half):
@@ -355,6 +376,8 @@ def _region_masks(regions: Regions, shape: tuple[int, int, int]) -> np.ndarray:
     ``y0 < y1``; a box reaching past the border is clipped to the image, one wholly outside it
     is an error (it could never be hit).
     """
+    if len(shape) != 3:
+        raise InputError(f"cams have shape {shape}; the pointing games take images' maps (N, H, W)")
     count, height, width = shape
     items = list(np.asarray(regions)) if hasattr(regions, "shape") else list(regions)
     if len(items) != count:
@@ -451,9 +474,7 @@ def energy_pointing_game(cams: Explanation | Any, regions: Regions) -> EnergyPoi
     )
 
 
-def quantus_attributions(
-    cams: Explanation | Any, size: tuple[int, int] | None = None
-) -> np.ndarray:
+def quantus_attributions(cams: Explanation | Any, size: Sequence[int] | None = None) -> np.ndarray:
     """Maps as the ``(N, 1, H, W)`` float32 attributions that Quantus' metrics take (``a_batch``).
 
     ``size`` ``(H, W)`` resizes them bilinearly to the inputs' resolution where they were
@@ -461,6 +482,6 @@ def quantus_attributions(
     """
     maps = _maps(cams)
     if size is not None:
-        size = _checks.positive_pair(size, "size", "(height, width) of the inputs, or None")
-        maps = _ops.resize_bilinear(maps, size)
-    return np.ascontiguousarray(maps[:, None, :, :], dtype=np.float32)
+        target = _checks.positive_sizes(size, "size", "the inputs' spatial size, or None")
+        maps = _ops.resize_linear(maps, target)
+    return np.ascontiguousarray(maps[:, None, ...], dtype=np.float32)

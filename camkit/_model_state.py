@@ -14,7 +14,9 @@ from collections import OrderedDict
 from collections.abc import Callable, Hashable, Iterable
 from typing import Generic, TypeVar
 
-__all__ = ["CompiledCache", "ModelTable", "automatic_layer", "model_lock"]
+from ._layout import LayerTable
+
+__all__ = ["CompiledCache", "ModelTable", "layer_table", "model_lock"]
 
 T = TypeVar("T")
 F = TypeVar("F")
@@ -74,17 +76,18 @@ def model_lock(model: object) -> threading.RLock:
     return _LOCKS.get(model)
 
 
-_AUTOMATIC: ModelTable[dict[Hashable, str]] = ModelTable(dict)
+_TABLES: ModelTable[dict[Hashable, LayerTable]] = ModelTable(dict)
 
 
-def automatic_layer(model: object, key: Hashable, find: Callable[[], str]) -> str:
-    """The layer chosen automatically for ``model`` and ``key`` (an input shape, say):
-    ``find()`` on the first call, remembered per model afterwards."""
+def layer_table(model: object, key: Hashable, probe: Callable[[], LayerTable]) -> LayerTable:
+    """The layer table of ``model`` for inputs of signature ``key``
+    (``ModelInputs.signature()``): ``probe()`` on the first call, remembered per model (with
+    the automatic layer chosen from it) afterwards."""
     with model_lock(model):
-        chosen = _AUTOMATIC.get(model)
-        if key not in chosen:
-            chosen[key] = find()
-        return chosen[key]
+        tables = _TABLES.get(model)
+        if key not in tables:
+            tables[key] = probe()
+        return tables[key]
 
 
 class CompiledCache(Generic[F]):

@@ -5,8 +5,9 @@ arrays of the same namespace on the same device, never mutating its inputs. nump
 reference; the test-suite runs the same functions on ``array-api-strict`` to catch calls that lie
 outside the standard.
 
-Shape conventions: ``N`` samples, ``C`` channels, ``H, W`` a feature map's spatial size,
-``T`` tokens of a vision transformer.
+Shape conventions: ``N`` samples, ``C`` channels, ``*S`` a feature map's spatial axes (one for
+signals ``(L,)``, two for images ``(H, W)``, three for volumes and video ``(D, H, W)``), ``T``
+tokens of a transformer.
 """
 
 from __future__ import annotations
@@ -28,9 +29,11 @@ __all__ = [
     "fuse",
     "normalize_minmax",
     "relu",
-    "resize_bilinear",
+    "resize_linear",
+    "spatial_axes",
     "spatial_mean",
     "spatial_sum",
+    "token_grid",
     "tokens_to_grid",
     "weighted_channel_sum",
 ]
@@ -39,22 +42,28 @@ Array = Any
 Fusion = Literal["mean", "max", "product"]
 
 
+def spatial_axes(x: Array) -> tuple[int, ...]:
+    """The spatial axes of ``(N, C, *S)``: ``(2, ..., ndim - 1)``."""
+    return tuple(range(2, x.ndim))
+
+
 def spatial_sum(x: Array) -> Array:
-    """``(N, C, H, W) -> (N, C, 1, 1)``: the sum over the spatial axes, kept for broadcasting."""
+    """``(N, C, *S) -> (N, C, 1, ...)``: the sum over the spatial axes, kept for broadcasting."""
     xp = array_namespace(x)
-    return xp.sum(x, axis=(2, 3), keepdims=True)
+    return xp.sum(x, axis=spatial_axes(x), keepdims=True)
 
 
 def spatial_mean(x: Array) -> Array:
-    """``(N, C, H, W) -> (N, C)``: global average pooling, ``(1 / HW) * sum_ij x[n, c, i, j]``."""
+    """``(N, C, *S) -> (N, C)``: global average pooling, ``(1 / |S|) * sum_s x[n, c, s]``."""
     xp = array_namespace(x)
-    return xp.mean(x, axis=(2, 3))
+    return xp.mean(x, axis=spatial_axes(x))
 
 
 def weighted_channel_sum(weights: Array, activations: Array) -> Array:
-    """``(N, C), (N, C, H, W) -> (N, H, W)``: ``M[n] = sum_c weights[n, c] * activations[n, c]``."""
+    """``(N, C), (N, C, *S) -> (N, *S)``: ``M[n] = sum_c weights[n, c] * activations[n, c]``."""
     xp = array_namespace(weights, activations)
-    return xp.sum(weights[:, :, None, None] * activations, axis=1)
+    expanded = xp.reshape(weights, (*weights.shape, *([1] * (activations.ndim - 2))))
+    return xp.sum(expanded * activations, axis=1)
 
 
 def relu(x: Array) -> Array:
@@ -64,14 +73,15 @@ def relu(x: Array) -> Array:
 
 
 def normalize_minmax(maps: Array) -> Array:
-    """``(N, H, W) -> (N, H, W)``: rescale each map to ``[0, 1]`` by its own min and max.
+    """``(N, *S) -> (N, *S)``: rescale each map to ``[0, 1]`` by its own min and max.
 
     ``(M - min M) / (max M - min M)``. A constant map (an all-zero one included) has no contrast
     to show and becomes all zeros, never NaN.
     """
     xp = array_namespace(maps)
-    low = xp.min(maps, axis=(1, 2), keepdims=True)
-    high = xp.max(maps, axis=(1, 2), keepdims=True)
+    axes = tuple(range(1, maps.ndim))
+    low = xp.min(maps, axis=axes, keepdims=True)
+    high = xp.max(maps, axis=axes, keepdims=True)
     span = high - low
     has_span = span > 0
     scaled = (maps - low) / xp.where(has_span, span, xp.ones_like(span))
@@ -98,26 +108,46 @@ def _interpolation_matrix(size_out: int, size_in: int) -> np.ndarray:
     return matrix.astype(np.float32)
 
 
-def _separable(x: Array, rows: np.ndarray, cols: np.ndarray) -> Array:
-    """``R @ x @ C^T`` over the last two axes, the host matrices moved to ``x``'s device."""
+def _along(x: Array, axis: int, matrix: np.ndarray) -> Array:
+    """``matrix`` ``(out, in)`` applied along ``axis`` of ``x``, moved to ``x``'s device."""
     xp = array_namespace(x)
-    where = device(x)
-    left = xp.asarray(rows, dtype=x.dtype, device=where)
-    right = xp.asarray(cols, dtype=x.dtype, device=where)
-    return xp.matmul(xp.matmul(left, x), xp.matrix_transpose(right))
+    operator = xp.asarray(matrix, dtype=x.dtype, device=device(x))
+    axis = axis % x.ndim
+    if axis == x.ndim - 2:  # images' rows: one matrix product, no transposition
+        return xp.matmul(operator, x)
+    if axis == x.ndim - 1:
+        return xp.matmul(x, xp.matrix_transpose(operator))
+    order = (*[a for a in range(x.ndim) if a != axis], axis)
+    back = tuple(order.index(a) for a in range(x.ndim))
+    moved = xp.matmul(xp.permute_dims(x, order), xp.matrix_transpose(operator))
+    return xp.permute_dims(moved, back)
 
 
-def resize_bilinear(maps: Array, size: tuple[int, int]) -> Array:
-    """``(..., h, w) -> (..., H, W)``: bilinear resize as two matrix products, ``R_h @ M @ R_w^T``.
+def _separable(x: Array, matrices: Sequence[np.ndarray | None]) -> Array:
+    """``x`` with one matrix applied along each of its trailing axes (``None``: unchanged)."""
+    first = x.ndim - len(matrices)
+    for offset, matrix in enumerate(matrices):
+        if matrix is not None:
+            x = _along(x, first + offset, matrix)
+    return x
+
+
+def resize_linear(maps: Array, size: Sequence[int]) -> Array:
+    """``(..., *s) -> (..., *size)``: separable linear resize of the trailing ``len(size)`` axes
+    (bilinear for images, trilinear for volumes), one matrix product per axis, ``R @ M``.
 
     The interpolation matrices are built once per shape on the host and moved to the maps'
     device, so the resize needs nothing beyond ``matmul`` and runs in every namespace.
     """
-    height, width = (int(s) for s in size)
-    if (height, width) == tuple(maps.shape[-2:]):
+    target = tuple(int(s) for s in size)
+    current = tuple(int(s) for s in maps.shape[maps.ndim - len(target) :])
+    if target == current:
         return maps
-    rows = _interpolation_matrix(height, maps.shape[-2])
-    return _separable(maps, rows, _interpolation_matrix(width, maps.shape[-1]))
+    return _separable(
+        maps,
+        [None if out == inp else _interpolation_matrix(out, inp)
+         for out, inp in zip(target, current, strict=True)],
+    )  # fmt: skip
 
 
 @lru_cache(maxsize=16)
@@ -133,13 +163,11 @@ def _gaussian_matrix(size: int, sigma: float) -> np.ndarray:
 
 
 def blur_gaussian(images: Array, sigma: float) -> Array:
-    """``(..., H, W) -> (..., H, W)``: a separable Gaussian blur of standard deviation ``sigma``
-    pixels, ``G_H @ X @ G_W^T`` (the blurred baseline of the insertion metric)."""
+    """``(N, C, *S) -> (N, C, *S)``: a separable Gaussian blur of standard deviation ``sigma``
+    pixels along every spatial axis (the blurred baseline of the insertion metric)."""
     if sigma <= 0:
         return images
-    height, width = images.shape[-2:]
-    rows = _gaussian_matrix(int(height), float(sigma))
-    return _separable(images, rows, _gaussian_matrix(int(width), float(sigma)))
+    return _separable(images, [_gaussian_matrix(int(n), float(sigma)) for n in images.shape[2:]])
 
 
 def fuse(maps: Sequence[Array], how: Fusion) -> Array:
@@ -157,59 +185,111 @@ def fuse(maps: Sequence[Array], how: Fusion) -> Array:
     raise InputError(f"fusion={how!r} is not a fusion mode; use 'mean', 'max' or 'product'")
 
 
-def _infer_prefix_tokens(tokens: int) -> int:
-    """The fewest leading tokens to drop so that the rest form a square grid."""
-    for prefix in range(tokens):
-        side = math.isqrt(tokens - prefix)
-        if side * side == tokens - prefix:
-            return prefix
-    return 0  # unreachable: one token is a 1x1 grid
+#: The most leading tokens (class, distillation, registers) a token layer is searched for.
+MAX_PREFIX_TOKENS = 16
+#: How far the strides a token grid implies along the input's axes may differ (padding).
+_STRIDE_TOLERANCE = 1.2
+
+
+def _factorizations(count: int, rank: int) -> list[tuple[int, ...]]:
+    """Every way to write ``count`` as a product of ``rank`` positive integers, in order."""
+    if rank == 1:
+        return [(count,)]
+    found = []
+    for first in range(1, count + 1):
+        if count % first == 0:
+            found += [(first, *rest) for rest in _factorizations(count // first, rank - 1)]
+    return found
+
+
+def _grid_for(patches: int, input_size: Sequence[int], exact: bool) -> tuple[int, ...] | None:
+    """The grid of ``patches`` tokens over an input of ``input_size``: the factorization whose
+    strides ``input_size[i] / grid[i]`` agree best, if they agree within the tolerance (or, if
+    ``exact``, are one and the same whole number)."""
+    best, spread = None, _STRIDE_TOLERANCE
+    for grid in _factorizations(patches, len(input_size)):
+        strides = [size / cells for size, cells in zip(input_size, grid, strict=True)]
+        ratio = max(strides) / min(strides)
+        whole = all(size % cells == 0 for size, cells in zip(input_size, grid, strict=True))
+        if exact and (ratio != 1 or not whole):
+            continue
+        if min(strides) >= 1 and ratio <= spread:
+            best, spread = grid, ratio
+    return best
+
+
+def token_grid(
+    count: int,
+    input_size: Sequence[int],
+    grid: Sequence[int] | None = None,
+    prefix_tokens: int | None = None,
+) -> tuple[int, tuple[int, ...]]:
+    """``(prefix, grid)``: how ``count`` tokens lay out over an input of ``input_size``.
+
+    ``grid`` and ``prefix_tokens`` as given where they are; otherwise the fewest leading tokens
+    (up to :data:`MAX_PREFIX_TOKENS`: class, distillation, register tokens) whose removal leaves
+    a grid of the input's shape, ``grid[i] = input_size[i] / stride`` for one whole-number
+    stride (ViT patches; a Swin stage, whose stride grows with depth; non-square inputs), or
+    failing that ``grid[i] ~ input_size[i] / stride`` within 20% (inputs padded to a multiple
+    of the stride).
+    """
+    if grid is not None:
+        cells = math.prod(grid)
+        prefix = count - cells if prefix_tokens is None else prefix_tokens
+        if prefix < 0 or prefix + cells != count:
+            raise InputError(
+                f"cannot lay {count} tokens out as grid={tuple(grid)} after dropping "
+                f"prefix_tokens={prefix}; pass grid= and prefix_tokens= so that "
+                f"prefix_tokens + the grid's cells == {count}"
+            )
+        return prefix, tuple(int(g) for g in grid)
+    prefixes = (
+        range(min(count, MAX_PREFIX_TOKENS + 1)) if prefix_tokens is None else [prefix_tokens]
+    )
+    for exact in (True, False):  # a whole-number patch size first; then padded inputs (Swin)
+        for prefix in prefixes:
+            found = _grid_for(count - prefix, input_size, exact) if count > prefix else None
+            if found is not None:
+                return prefix, found
+    raise InputError(
+        f"cannot lay {count} tokens out as a grid over inputs of spatial size "
+        f"{tuple(input_size)} (after dropping up to {MAX_PREFIX_TOKENS} leading tokens); pass "
+        "grid=(h, w) and prefix_tokens= for this layer"
+    )
 
 
 def tokens_to_grid(
-    tokens: Array, grid: tuple[int, int] | None = None, prefix_tokens: int | None = None
+    tokens: Array,
+    input_size: Sequence[int],
+    grid: Sequence[int] | None = None,
+    prefix_tokens: int | None = None,
 ) -> Array:
-    """``(N, T, C) -> (N, C, h, w)``: a vision transformer's tokens as a channels-first map.
+    """``(N, T, C) -> (N, C, *grid)``: a transformer's tokens as a channels-first map.
 
-    The first ``prefix_tokens`` tokens (class token, register tokens) are dropped and the
-    remaining ``h * w`` patch tokens are laid out row by row. Without ``grid`` the patch tokens
-    must form a square; without ``prefix_tokens`` it is the fewest leading tokens whose removal
-    leaves ``h * w`` (with ``grid``) or a square number of tokens.
+    The first ``prefix`` tokens (class, registers) are dropped and the rest are laid out row by
+    row on the grid that :func:`token_grid` finds for the input's spatial size.
     """
     xp = array_namespace(tokens)
-    count = tokens.shape[1]
-    if prefix_tokens is None:
-        prefix_tokens = count - grid[0] * grid[1] if grid else _infer_prefix_tokens(count)
-    patches = count - prefix_tokens
-    if grid is None:
-        side = math.isqrt(patches)
-        grid = (side, side)
-    height, width = grid
-    if prefix_tokens < 0 or height * width != patches:
-        raise InputError(
-            f"cannot lay {count} tokens out as grid={grid} after dropping "
-            f"prefix_tokens={prefix_tokens}; pass grid=(h, w) and prefix_tokens= so that "
-            f"prefix_tokens + h * w == {count}"
-        )
-    grid_tokens = xp.reshape(tokens[:, prefix_tokens:, :], (tokens.shape[0], height, width, -1))
-    return xp.permute_dims(grid_tokens, (0, 3, 1, 2))
+    prefix, shape = token_grid(tokens.shape[1], input_size, grid, prefix_tokens)
+    grid_tokens = xp.reshape(tokens[:, prefix:, :], (tokens.shape[0], *shape, tokens.shape[2]))
+    return xp.permute_dims(grid_tokens, (0, grid_tokens.ndim - 1, *range(1, grid_tokens.ndim - 1)))
 
 
 def first_principal_projection(x: Array) -> Array:
-    """``(N, C, H, W) -> (N, H, W)``: each sample projected on its first principal direction.
+    """``(N, C, *S) -> (N, *S)``: each sample projected on its first principal direction.
 
-    With ``X[n]`` the ``(HW, C)`` matrix of the sample's channel vectors and
+    With ``X[n]`` the ``(|S|, C)`` matrix of the sample's channel vectors and
     ``X[n] = U S V^T`` its singular value decomposition, the map is ``X[n] @ v_1`` reshaped to
-    ``(H, W)``, as in Eigen-CAM (Muhammad & Yeasin, 2020), which takes no mean-centring. A
+    ``S``, as in Eigen-CAM (Muhammad & Yeasin, 2020), which takes no mean-centring. A
     singular vector's sign is arbitrary, so the sign is fixed to make the map's sum
     non-negative: the map then points the same way as the activations it summarizes.
     """
     xp = array_namespace(x)
-    n, c, h, w = x.shape
-    matrix = xp.permute_dims(xp.reshape(x, (n, c, h * w)), (0, 2, 1))
+    n, c, spatial = x.shape[0], x.shape[1], tuple(x.shape[2:])
+    matrix = xp.permute_dims(xp.reshape(x, (n, c, math.prod(spatial))), (0, 2, 1))
     _, _, v_transposed = xp.linalg.svd(matrix, full_matrices=False)
     direction = v_transposed[:, 0, :]
     projection = xp.matmul(matrix, direction[:, :, None])[:, :, 0]
     total = xp.sum(projection, axis=1, keepdims=True)
     sign = xp.where(total < 0, -xp.ones_like(total), xp.ones_like(total))
-    return xp.reshape(projection * sign, (n, h, w))
+    return xp.reshape(projection * sign, (n, *spatial))

@@ -1,13 +1,15 @@
 """The perturbation family: channel weights measured by forward passes, not gradients.
 
-Shapes: activations ``A`` ``(N, C, h, w)``; inputs ``X`` ``(N, C_in, H, W)`` channels-first (the
-provider's ``core_inputs``); maps ``(N, h, w)``. ``s(.)`` is the target's score of a forward pass.
+Shapes: activations ``A`` ``(N, C, *s)``; the image ``X`` ``(N, C_in, *S)`` channels-first (the
+provider's ``core_inputs``); maps ``(N, *s)``; ``*S`` one, two or three spatial axes. ``s(.)``
+is the target's score of a forward pass.
 
 The core owns the loop. For Score-CAM and its variants it builds each channel's mask
 ``H_k = minmax(upsample(A_k))`` chunk by chunk, ``batch_size`` masks at a time (memory never holds
-all channels' masks), multiplies them into the inputs and hands the batch to the provider's
-``forward_scores``. For Ablation-CAM it builds ``batch_size`` copies of the layer's activations,
-each with one channel zeroed, and hands them to ``forward_from_layer``. No capture hooks are
+all channels' masks), multiplies them into the image and hands the batch, with the model's other
+inputs taken along for each row's sample, to the provider's ``forward_scores``. For Ablation-CAM
+it builds ``batch_size`` copies of the layer's output, each with one channel zeroed (along the
+layer's own channel axis), and hands them to ``forward_from_layer``. No capture hooks are
 active during these passes.
 """
 
@@ -21,8 +23,10 @@ from array_api_compat import array_namespace, device
 
 from . import _checks, _noise, _ops
 from ._base import CamMethod
-from ._errors import CamkitError
+from ._errors import CamkitError, CapabilityError
 from ._gradient import _nonzero_divide
+from ._inputs import ModelInputs
+from ._layout import LayoutLike
 from ._progress import Progress
 from ._protocol import (
     FORWARD_FROM_LAYER,
@@ -45,11 +49,11 @@ def _host_indices(provider: ActivationGradientProvider, capture: Capture) -> np.
     return None if capture.indices is None else provider.to_numpy(capture.indices)
 
 
-def _filled(batch: Batch) -> tuple[Array, Target]:
-    """The inputs and target that the core fills in for methods with ``needs_inputs``."""
-    if batch.inputs is None or batch.target is None:
+def _filled(batch: Batch) -> tuple[Array, ModelInputs, Target]:
+    """The image, inputs and target that the core fills in for methods with ``needs_inputs``."""
+    if batch.image is None or batch.inputs is None or batch.target is None:
         raise CamkitError("this method needs the batch's inputs and target; call the method")
-    return batch.inputs, batch.target
+    return batch.image, batch.inputs, batch.target
 
 
 def _run_options(
@@ -153,8 +157,7 @@ class ScoreCAM(CamMethod):
         provider = capability(self.provider, FORWARD_SCORES)
         count, channels = selected.shape[0], selected.shape[1]
         flat = xp.reshape(selected, (count * channels, *selected.shape[2:]))
-        inputs, chosen = _filled(batch)
-        size = tuple(inputs.shape[-2:])
+        image, model_inputs, chosen = _filled(batch)
         indices = _host_indices(self.provider, capture)
         probability = self.weighting == "class-softmax"
         seed = _noise.run_seed(self.seed)
@@ -164,13 +167,14 @@ class ScoreCAM(CamMethod):
             for start in range(0, count * channels, self.batch_size):
                 stop = min(start + self.batch_size, count * channels)
                 rows = np.arange(start, stop) // channels
-                masks = _ops.normalize_minmax(_ops.resize_bilinear(flat[start:stop], size))
-                images = _sample_rows(inputs, rows)
+                masks = _ops.normalize_minmax(_ops.resize_linear(flat[start:stop], batch.size))
+                images = _sample_rows(image, rows)
                 target = rows_target(chosen, indices, rows, probability=probability)
                 total: Array = None
                 for variant in self._variants(masks, np.arange(start, stop) % channels, seed):
+                    masked = provider.native_image(images * variant[:, None, ...])
                     scored = provider.forward_scores(
-                        images * variant[:, None, :, :], target, precision=self.precision
+                        model_inputs.rows(rows, masked), target, precision=self.precision
                     )
                     total = scored.scores if total is None else total + scored.scores
                     progress.advance(stop - start)
@@ -203,7 +207,7 @@ class FasterScoreCAM(ScoreCAM):
         xp = array_namespace(activations)
         if self.channels >= activations.shape[1]:
             return activations
-        spread = self.provider.to_numpy(xp.var(activations, axis=(2, 3)))
+        spread = self.provider.to_numpy(xp.var(activations, axis=_ops.spatial_axes(activations)))
         # stable: among equal variances the lower channel index wins, as in tf.math.top_k
         order = np.argsort(-spread, axis=1, kind="stable")[:, : self.channels]
         where = device(activations)
@@ -278,8 +282,8 @@ class AblationCAM(CamMethod):
 
     With ``y = s(X[n])`` and ``y_k`` the score when ``A[n, k]`` is set to 0 at the layer (the
     network run from the layer onward), ``w[n, k] = (y - y_k) / y`` (0 where ``y = 0``),
-    ``M[n] = ReLU(sum_k w[n, k] * A[n, k])``. Token layers ``(N, T, C)`` are ablated per channel
-    across all tokens.
+    ``M[n] = ReLU(sum_k w[n, k] * A[n, k])``. Channels are zeroed along the layer's own channel
+    axis (the last for channels-last and token layers, across all positions).
 
     Needs the backend's ``forward_from_layer`` capability.
 
@@ -310,8 +314,10 @@ class AblationCAM(CamMethod):
     def _layer_maps(self, capture: Capture, batch: Batch) -> list[Array]:
         layers = self._layers or ()
         return [
-            self._ablation_map(layer, activations, capture, batch)
-            for layer, activations in zip(layers, capture.activations, strict=True)
+            self._ablation_map(layer, layout, activations, capture, batch)
+            for layer, layout, activations in zip(
+                layers, batch.layouts, capture.activations, strict=True
+            )
         ]
 
     def layer_map(
@@ -320,28 +326,37 @@ class AblationCAM(CamMethod):
         raise NotImplementedError("Ablation-CAM maps need the layer's name; see _layer_maps")
 
     def _ablation_map(
-        self, layer: str, activations: Array, capture: Capture, batch: Batch
+        self, layer: str, layout: LayoutLike, activations: Array, capture: Capture, batch: Batch
     ) -> Array:
         xp = array_namespace(activations)
         provider = capability(self.provider, FORWARD_FROM_LAYER)
-        grid = self._as_grid(activations, layer)  # refuses a layer without spatial axes first
-        tokens = activations.ndim == 3  # (N, T, C): channels last
-        count, channels = activations.shape[0], activations.shape[-1 if tokens else 1]
+        grid = self._as_grid(activations, layer, layout, batch)  # a layer without a map: now
+        if callable(layout):
+            raise CapabilityError(
+                "Ablation-CAM zeroes each channel of the layer's output as the model sees it, so "
+                "it needs the channel axis: pass layout='channels_first', 'channels_last' or "
+                "'tokens' instead of a function"
+            )
+        axis = 1 if layout == "channels_first" else activations.ndim - 1
+        count, channels = activations.shape[0], activations.shape[axis]
         keep_all = 1 - xp.eye(channels, dtype=activations.dtype, device=device(activations))
+        shape = [1] * activations.ndim
         indices = _host_indices(self.provider, capture)
-        inputs, chosen = _filled(batch)
+        _, model_inputs, chosen = _filled(batch)
         progress = Progress(self.name, count * channels, self.progress)
         per_sample = []
         try:
             for n in range(count):
                 chunks = []
+                sample = model_inputs.rows(np.array([n]), model_inputs.image[n : n + 1])
                 for start in range(0, channels, self.batch_size):
                     keep = keep_all[start : start + self.batch_size]
                     rows = np.full((keep.shape[0],), n)
                     target = rows_target(chosen, indices, rows, probability=False)
-                    keep = keep[:, None, :] if tokens else keep[:, :, None, None]
+                    shape[0], shape[axis] = keep.shape[0], channels
+                    keep = xp.reshape(keep, tuple(shape))  # (B, ..., C at the channel axis, ...)
                     scored = provider.forward_from_layer(
-                        inputs[n : n + 1], layer, activations[n : n + 1] * keep, target,
+                        sample, layer, activations[n : n + 1] * keep, target,
                         precision=self.precision,
                     )  # fmt: skip
                     chunks.append(scored.scores)

@@ -14,9 +14,12 @@ capability                     protocol              needed by
 :data:`FORWARD_FROM_LAYER`     ForwardFromLayer      Ablation-CAM
 =============================  ====================  ==============================================
 
-Arrays cross this boundary channels-first, ``(N, C, H, W)`` for convolutional layers or
-``(N, T, C)`` for token layers, as float32, in the backend's own namespace and on the model's
-device. The core never converts them to numpy before the final maps.
+A model's inputs reach a provider as a :class:`~camkit.provider.ModelInputs` (one array, or
+several inputs with extra arguments, and which one is the image). Captured arrays cross this
+boundary as the layer returns them (its first array where it returns a tuple), as float32, in
+the backend's own namespace and on the model's device; the provider's :meth:`layers` table says
+how each layer's output is laid out, and the core turns every layout into channels-first
+``(N, C, *S)`` itself. The core never converts arrays to numpy before the final maps.
 """
 
 from __future__ import annotations
@@ -28,6 +31,8 @@ from typing import Any, Generic, Literal, Protocol, TypeVar, cast, runtime_check
 import numpy as np
 
 from ._errors import CapabilityError
+from ._inputs import ModelInputs
+from ._layout import LayerTable, LayoutLike
 from ._targets import ScoredTarget, Target
 
 __all__ = [
@@ -57,11 +62,11 @@ Precision = Literal["float32", "bfloat16", "float16"]
 class Capture:
     """What one instrumented forward (and backward) pass of a provider returns.
 
-    ``activations[l]`` and ``gradients[l]`` belong to ``layers[l]`` of the request, each
-    ``(N, C, H, W)`` or ``(N, T, C)``; ``gradients`` is ``None`` when none were asked for.
-    ``outputs`` are the model's outputs as it returned them, ``scores`` ``(N,)`` float32 the
-    target's score per sample and ``indices`` ``(N,)`` the output index each score was read
-    from (``None`` for a callable target).
+    ``activations[l]`` and ``gradients[l]`` belong to ``layers[l]`` of the request, each as
+    the layer returns it (laid out as the provider's layer table says); ``gradients`` is
+    ``None`` when none were asked for. ``outputs`` are the model's outputs as it returned them,
+    ``scores`` ``(N,)`` float32 the target's score per sample and ``indices`` ``(N,)`` the
+    output index each score was read from (``None`` for a callable target).
     """
 
     activations: tuple[Array, ...]
@@ -75,13 +80,17 @@ class Capture:
 class Batch:
     """What the core knows of the batch being explained, beside the capture.
 
-    ``size`` is the inputs' spatial size ``(H, W)``. For methods that run further forward
-    passes (``needs_inputs``), ``inputs`` are the channels-first inputs from the provider's
-    ``core_inputs`` and ``target`` the target being explained; otherwise both are ``None``.
+    ``size`` is the image's spatial size (``(L,)``, ``(H, W)`` or ``(D, H, W)``) and
+    ``layouts`` the layout each captured layer is read with. For methods that run further
+    forward passes (``needs_inputs``), ``image`` is the image channels-first ``(N, C, *S)``
+    from the provider's ``core_inputs``, ``inputs`` the model's inputs and ``target`` the
+    target being explained; otherwise they are ``None``.
     """
 
-    size: tuple[int, int]
-    inputs: Array | None = None
+    size: tuple[int, ...]
+    layouts: tuple[LayoutLike, ...] = ()
+    image: Array | None = None
+    inputs: ModelInputs | None = None
     target: Target | None = None
 
 
@@ -106,19 +115,20 @@ class ActivationGradientProvider(Protocol):
         """The canonical name of ``layer`` (a name or a layer object); raise ``LayerError``."""
         ...
 
-    def default_layer(self, inputs: Any) -> str:
-        """The last layer with a spatial output for these inputs; raise ``LayerError``."""
+    def layers(self, inputs: ModelInputs) -> LayerTable:
+        """Every layer the forward pass on these inputs runs, with its output shape and
+        layout, in order (remembered per model and input shapes: ``layer_table``)."""
         ...
 
     def capture(
-        self, inputs: Any, layers: Sequence[str], target: Target, *, gradients: bool
+        self, inputs: ModelInputs, layers: Sequence[str], target: Target, *, gradients: bool
     ) -> Capture:
         """Run the model once, capturing the layers' activations and, if asked, the gradients
         of the target's summed score with respect to them (and to nothing else)."""
         ...
 
-    def input_size(self, inputs: Any) -> tuple[int, int]:
-        """The inputs' spatial size ``(H, W)``."""
+    def input_size(self, inputs: ModelInputs) -> tuple[int, ...]:
+        """The image's spatial size: ``(L,)``, ``(H, W)`` or ``(D, H, W)``."""
         ...
 
     def to_numpy(self, array: Array) -> np.ndarray:
@@ -151,14 +161,14 @@ class ClassifierWeights(Protocol):
         ...
 
 
-#: A method's pure map pipeline ``(capture, batch) -> maps (N, H, W)``.
-Pipeline = Callable[[Capture, Batch], Array]
+#: A method's pure map pipeline ``(capture, image size) -> maps (N, *S)``.
+Pipeline = Callable[[Capture, tuple[int, ...]], Array]
 
 
 class FusedPipeline(Protocol):
     def run_pipeline(
         self,
-        inputs: Any,
+        inputs: ModelInputs,
         layers: Sequence[str],
         target: Target,
         *,
@@ -173,25 +183,29 @@ class FusedPipeline(Protocol):
 
 
 class ForwardScores(Protocol):
-    def core_inputs(self, inputs: Any) -> Array:
-        """The validated inputs as a channels-first ``(N, C, H, W)`` float32 array."""
+    def core_inputs(self, inputs: ModelInputs) -> Array:
+        """The validated image as a channels-first ``(N, C, *S)`` float32 array."""
         ...
 
-    def native_inputs(self, x: Array) -> Any:
-        """Channels-first inputs (as from ``core_inputs``) back in the model's own form."""
+    def native_image(self, x: Array) -> Any:
+        """A channels-first image (as from ``core_inputs``) back in the model's own layout."""
         ...
 
-    def forward_scores(self, x: Array, target: Target, *, precision: Precision) -> ScoredTarget:
-        """Run the model, with no capture, on channels-first ``x`` and score the target."""
+    def forward_scores(
+        self, inputs: ModelInputs, target: Target, *, precision: Precision
+    ) -> ScoredTarget:
+        """Run the model, with no capture, on ``inputs`` and score the target."""
         ...
 
 
 class ForwardFromLayer(Protocol):
     def forward_from_layer(
-        self, x: Array, layer: str, activations: Array, target: Target, *, precision: Precision
-    ) -> ScoredTarget:
-        """Scores of one sample ``x`` ``(1, C, H, W)`` with ``layer``'s output replaced by each
-        of ``activations`` ``(B, C', h, w)`` in turn: ``B`` scores."""
+        self, inputs: ModelInputs, layer: str, activations: Array, target: Target,
+        *, precision: Precision,
+    ) -> ScoredTarget:  # fmt: skip
+        """Scores of one sample's ``inputs`` with ``layer``'s output replaced by each of
+        ``activations`` (``B`` rows, laid out as the layer returns them) in turn: ``B``
+        scores."""
         ...
 
 

@@ -9,26 +9,34 @@ from collections.abc import Iterator
 
 from ._errors import CamkitError, InputError, ModelError
 
-__all__ = ["check_batch", "running_model"]
+__all__ = ["check_image", "image_size", "running_model"]
 
 #: Channel counts common enough that an axis of this size looks like the channel axis.
 _CHANNELS = (1, 3, 4)
 
 
-def check_batch(
-    shape: tuple[int, ...], dtype: str, *, floating: bool, expected: str = "(N, C, H, W)"
+def _expected(channels_last: bool) -> str:
+    if channels_last:
+        return "(N, L, C) signals, (N, H, W, C) images or (N, D, H, W, C) volumes, channels-last"
+    return "(N, C, L) signals, (N, C, H, W) images or (N, C, D, H, W) volumes, channels-first"
+
+
+def check_image(
+    shape: tuple[int, ...], dtype: str, *, floating: bool, channels_last: bool = False
 ) -> None:
-    """Raise :class:`~camkit.InputError` unless ``shape`` is a batch of images ``expected``
-    (4-D, at least one sample and one pixel) of a real floating-point ``dtype``."""
-    if len(shape) != 4:
+    """Raise :class:`~camkit.InputError` unless ``shape`` is a batch of signals, images or
+    volumes (3 to 5 axes, at least one sample and one element) of a real floating ``dtype``."""
+    if not 3 <= len(shape) <= 5:
         raise InputError(
-            f"inputs have shape {shape}; expected a batch {expected} — add a batch axis with "
-            "inputs[None] for a single image"
+            f"inputs have shape {shape}; expected a batch: {_expected(channels_last)} — add a "
+            "batch axis with inputs[None] for a single one"
         )
     if shape[0] == 0:
-        raise InputError(f"inputs have shape {shape}: no samples; pass at least one image")
+        raise InputError(f"inputs have shape {shape}: no samples; pass at least one")
     if 0 in shape[1:]:
-        raise InputError(f"inputs have shape {shape}: an empty axis; expected {expected}")
+        raise InputError(
+            f"inputs have shape {shape}: an empty axis; expected {_expected(channels_last)}"
+        )
     if not floating:
         raise InputError(
             f"inputs have dtype {dtype}; the model needs real floating-point inputs, scaled "
@@ -36,18 +44,28 @@ def check_batch(
         )
 
 
+def image_size(shape: tuple[int, ...], *, channels_last: bool = False) -> tuple[int, ...]:
+    """The spatial size of a batch of ``shape``: ``(L,)``, ``(H, W)`` or ``(D, H, W)``."""
+    return tuple(int(s) for s in (shape[1:-1] if channels_last else shape[2:]))
+
+
 def _layout_hint(shape: tuple[int, ...], channels_last: bool | None) -> str:
-    if channels_last is None or len(shape) != 4:
+    if len(shape) == 3:  # a batch of signals, or one image without its batch axis
+        return (
+            "; if this is one image rather than a batch of signals, add its batch axis: "
+            "inputs[None]"
+        )
+    if channels_last is None or not 3 <= len(shape) <= 5:
         return ""
     first, last = shape[1] in _CHANNELS, shape[-1] in _CHANNELS
     if channels_last and first and not last:
         return (
-            "; the model takes channels-last inputs (N, H, W, C) and these look channels-first: "
+            "; the model takes channels-last inputs (N, ..., C) and these look channels-first: "
             "move the channel axis last (np.moveaxis(inputs, 1, -1))"
         )
     if not channels_last and last and not first:
         return (
-            "; the model takes channels-first inputs (N, C, H, W) and these look channels-last: "
+            "; the model takes channels-first inputs (N, C, ...) and these look channels-last: "
             "move the channel axis first (np.moveaxis(inputs, -1, 1))"
         )
     return ""

@@ -425,15 +425,28 @@ def _channels_first(outputs: Array) -> Array:
     return array_namespace(outputs).permute_dims(outputs, order)
 
 
+def _logits(outputs: Any) -> Any:
+    """Outputs that carry ``logits`` (Hugging Face's ``ModelOutput``, a dict with that key):
+    the logits; other outputs as they are."""
+    if _is_array(outputs):
+        return outputs
+    found = outputs.get("logits") if isinstance(outputs, Mapping) else None
+    found = getattr(outputs, "logits", None) if found is None else found
+    return found if _is_array(found) else outputs
+
+
 def _array_outputs(target: Target, outputs: Any, channels_last: bool) -> Any:
     """What ``target.resolve`` is given: the outputs untouched for a callable, else the
-    outputs as one channels-first array (or a :class:`TargetError` naming the fix)."""
+    outputs as one channels-first array (their ``logits`` where they carry them), or a
+    :class:`TargetError` naming the fix."""
     if isinstance(target, CallableTarget):
         return outputs
+    outputs = _logits(outputs)
     if not _is_array(outputs) or len(outputs.shape) == 0:
         raise TargetError(
-            f"the model returns {_describe(outputs)}, not an array of scores (N, ...); pass "
-            "target= a callable that takes those outputs and returns one score per sample"
+            f"the model returns {_describe(outputs)}, not an array of scores (N, ...) nor "
+            "outputs with logits; pass target= a callable that takes those outputs and "
+            "returns one score per sample"
         )
     return _channels_first(outputs) if channels_last else outputs
 
@@ -445,7 +458,9 @@ def score_outputs(
     batch of ``count`` samples (``None`` where a compiler left the batch size open), in the
     outputs' namespace and traceable (no value is read).
 
-    The target's own checks (:meth:`Target.check`) run first, from the outputs' shape; a target
+    Outputs that carry ``logits`` (a Hugging Face ``ModelOutput``, a dict with that key) are
+    scored on them. The target's own checks (:meth:`Target.check`) run first, from the outputs'
+    shape; a target
     bound to a compiler's traced arrays (:meth:`TracedTarget.bind`) makes those its static part
     can make, and :func:`check_outputs` checks the rest after the compiled call.
     ``channels_last`` says that the model's per-pixel outputs are ``(N, H, W, K)``;

@@ -7,20 +7,23 @@ declares. camkit's own PyTorch, TensorFlow and JAX backends are written from the
 
 >>> from camkit import provider as kit
 >>> name = kit.find_layer("conv2", layers, "MyNet")           # doctest: +SKIP
->>> with kit.model_lock(model), kit.running_model("MyNet", x.shape, "float32"):
-...     outputs = model(x)                                     # doctest: +SKIP
->>> scored = kit.score_outputs(target, outputs, len(x))        # doctest: +SKIP
+>>> args, kwargs = inputs.call_arguments()                     # doctest: +SKIP
+>>> with kit.model_lock(model), kit.running_model("MyNet", shape, "float32"):
+...     outputs = model(*args, **kwargs)                       # doctest: +SKIP
+>>> scored = kit.score_outputs(target, outputs, inputs.count)  # doctest: +SKIP
 
 What it holds:
 
 - the contract: :class:`ActivationGradientProvider`, :class:`Capture`, :class:`ScoredTarget`
   and one protocol per optional capability, reached with :func:`capability`;
+- the model's inputs: :class:`ModelInputs` (one array or several, and which is the image),
+  :func:`check_image` and :func:`image_size`;
 - targets: :func:`score_outputs` (the one place a target meets a model's outputs),
   :func:`check_outputs`, and :func:`trace_target` for compiled captures;
-- layers: :func:`find_layer` (closest-name errors), :func:`last_spatial_layer` and the
-  per-model :func:`automatic_layer` cache;
-- running the model: :func:`model_lock` (one thread at a time per model), :func:`running_model`
-  (a model's failure becomes a :class:`ModelError`), :func:`check_batch`;
+- layers: :func:`find_layer` (closest-name errors), :class:`LayerTable` of every layer's
+  output shape and :data:`Layout`, remembered per model by :func:`layer_table`;
+- running the model: :func:`model_lock` (one thread at a time per model) and
+  :func:`running_model` (a model's failure becomes a :class:`ModelError`);
 - per-model state: :class:`ModelTable` (weak, by identity) and :class:`CompiledCache`;
 - arrays: :func:`array_namespace`, :func:`device`, and :func:`register_namespace` for a
   framework without an Array API namespace.
@@ -36,8 +39,10 @@ from ._errors import (
     TargetError,
     closest_names,
 )
-from ._layers import find_layer, last_spatial_layer
-from ._model_state import CompiledCache, ModelTable, automatic_layer, model_lock
+from ._inputs import ModelInputs
+from ._layers import find_layer
+from ._layout import LayerInfo, LayerTable, Layout, LayoutLike
+from ._model_state import CompiledCache, ModelTable, layer_table, model_lock
 from ._namespace import array_namespace, device, register_namespace
 from ._protocol import (
     CLASSIFIER_WEIGHTS,
@@ -57,7 +62,7 @@ from ._protocol import (
     capability,
 )
 from ._registry import Backend, hookimpl, module_available
-from ._running import check_batch, running_model
+from ._running import check_image, image_size, running_model
 from ._targets import (
     CallableTarget,
     ScoredTarget,
@@ -89,7 +94,12 @@ __all__ = [
     "FusedPipeline",
     "InputError",
     "LayerError",
+    "LayerInfo",
+    "LayerTable",
+    "Layout",
+    "LayoutLike",
     "ModelError",
+    "ModelInputs",
     "ModelTable",
     "Pipeline",
     "Precision",
@@ -98,15 +108,15 @@ __all__ = [
     "TargetError",
     "TracedTarget",
     "array_namespace",
-    "automatic_layer",
     "capability",
-    "check_batch",
+    "check_image",
     "check_outputs",
     "closest_names",
     "device",
     "find_layer",
     "hookimpl",
-    "last_spatial_layer",
+    "image_size",
+    "layer_table",
     "model_lock",
     "module_available",
     "register_namespace",

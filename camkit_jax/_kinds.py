@@ -2,9 +2,11 @@
 
 Each kind says how to list its layers and how to run itself with an *intercept* on chosen
 layers: :meth:`split` gives a hashable ``structure``, the ``params`` pytree and
-``run(params, x, intercept, paths)``, a pure function that calls ``intercept(path, output)``
-on the output of every layer in ``paths`` (``None``: every layer) and returns the model's
-outputs. The user's model is never edited: interception happens on throwaway copies.
+``run(params, args, kwargs, intercept, paths)``, a pure function that calls the model on
+``args`` and ``kwargs``, calls ``intercept(path, output)`` on the output of every layer in
+``paths`` (``None``: every layer) and returns the model's outputs. The user's model is never
+edited: interception happens on throwaway copies. ``layout_of`` says how a layer's output of a
+given shape is laid out in the kind's convention.
 
 ``owner`` is the object that identifies the model for per-model state and the model's lock
 (the module of a Linen pair, which is a fresh tuple at every call).
@@ -28,10 +30,11 @@ from camkit.provider import CLASSIFIER_WEIGHTS, InputError, LayerError
 
 from . import FunctionSplit, Linen, _is_linen_pair
 
-__all__ = ["Intercept", "Kind", "Layout", "Run", "Split", "model_kind"]
+__all__ = ["Intercept", "Kind", "Layout", "Run", "Split", "layout_of", "model_kind"]
 
 Intercept = Callable[[str, Any], Any]  # (layer path, output) -> output
-Run = Callable[[Any, Any, Intercept, frozenset[str] | None], Any]  # (params, x, ...) -> outputs
+#: (params, args, kwargs, intercept, paths) -> outputs
+Run = Callable[[Any, tuple[Any, ...], dict[str, Any], Intercept, frozenset[str] | None], Any]
 
 
 class Layout(NamedTuple):
@@ -60,13 +63,18 @@ class Kind(Protocol):
 
     def split(self) -> Split: ...
 
-    def is_spatial(self, shape: tuple[int, ...]) -> bool: ...
-
     def classifier_weights(self) -> Any: ...
 
 
-def _spatial_channels_last(shape: tuple[int, ...]) -> bool:
-    return len(shape) == 4 and shape[1] * shape[2] > 1  # (N, H, W, C)
+def layout_of(layout: Layout, ndim: int, rank: int) -> str | None:
+    """How an output of ``ndim`` axes (batch included) is laid out in a kind's convention, for
+    inputs with ``rank`` spatial axes: feature maps in the kind's channel order, ``(N, T, C)``
+    over images as tokens; ``None`` for other outputs."""
+    if ndim == rank + 2:
+        return "channels_last" if layout.channels_last else "channels_first"
+    if ndim == 3 and rank >= 2:
+        return "tokens"
+    return None
 
 
 # -- Flax NNX ----------------------------------------------------------------------------------
@@ -101,7 +109,6 @@ def _intercepting_class(base: type) -> type:
 class NnxKind:
     layout = Layout(per_sample=False, channels_last=True)
     capabilities: frozenset[str] = frozenset({CLASSIFIER_WEIGHTS})
-    is_spatial = staticmethod(_spatial_channels_last)
 
     def __init__(self, model: Any) -> None:
         from flax import nnx
@@ -122,7 +129,10 @@ class NnxKind:
         graphdef, state = self.nnx.split(self.model)
         nnx = self.nnx
 
-        def run(params: Any, x: Any, intercept: Intercept, paths: frozenset[str] | None) -> Any:
+        def run(
+            params: Any, args: tuple[Any, ...], kwargs: dict[str, Any], intercept: Intercept,
+            paths: frozenset[str] | None,
+        ) -> Any:  # fmt: skip
             copy = nnx.merge(graphdef, params)
             copy.eval()  # dropout off, batch statistics frozen: on the copy only
             intercepts = {}
@@ -133,7 +143,7 @@ class NnxKind:
                     intercepts[id(module)] = (name, intercept)
             token = _NNX_INTERCEPTS.set(intercepts)
             try:
-                return copy(x)
+                return copy(*args, **kwargs)
             finally:
                 _NNX_INTERCEPTS.reset(token)
 
@@ -152,7 +162,6 @@ class NnxKind:
 class LinenKind:
     layout = Layout(per_sample=False, channels_last=True)
     capabilities: frozenset[str] = frozenset({CLASSIFIER_WEIGHTS})
-    is_spatial = staticmethod(_spatial_channels_last)
 
     def __init__(self, module: Any, variables: Any, apply_kwargs: Mapping[str, Any]) -> None:
         import flax.linen
@@ -180,16 +189,19 @@ class LinenKind:
     def split(self) -> Split:
         module, linen, apply_kwargs = self.module, self.linen, self.apply_kwargs
 
-        def run(params: Any, x: Any, intercept: Intercept, paths: frozenset[str] | None) -> Any:
-            def interceptor(call: Any, args: Any, kwargs: Any, context: Any) -> Any:
-                output = call(*args, **kwargs)
+        def run(
+            params: Any, args: tuple[Any, ...], kwargs: dict[str, Any], intercept: Intercept,
+            paths: frozenset[str] | None,
+        ) -> Any:  # fmt: skip
+            def interceptor(call: Any, call_args: Any, call_kwargs: Any, context: Any) -> Any:
+                output = call(*call_args, **call_kwargs)
                 name = ".".join(context.module.path)
                 if context.method_name == "__call__" and name and (paths is None or name in paths):
                     output = intercept(name, output)
                 return output
 
             with linen.intercept_methods(interceptor):
-                return module.apply(params, x, **apply_kwargs)
+                return module.apply(params, *args, **{**apply_kwargs, **kwargs})
 
         identity: Any = module  # a Linen module is its configuration: equal ones run alike
         try:
@@ -215,7 +227,6 @@ class LinenKind:
 class FunctionKind:
     layout = Layout(per_sample=False, channels_last=True)
     capabilities: frozenset[str] = frozenset()
-    is_spatial = staticmethod(_spatial_channels_last)
 
     def __init__(self, split: FunctionSplit) -> None:
         self.function_split = split
@@ -228,8 +239,11 @@ class FunctionKind:
     def split(self) -> Split:
         features, head = self.function_split.features, self.function_split.head
 
-        def run(params: Any, x: Any, intercept: Intercept, paths: frozenset[str] | None) -> Any:
-            activations = features(params, x)
+        def run(
+            params: Any, args: tuple[Any, ...], kwargs: dict[str, Any], intercept: Intercept,
+            paths: frozenset[str] | None,
+        ) -> Any:  # fmt: skip
+            activations = features(params, *args, **kwargs)
             if paths is None or "features" in paths:
                 activations = intercept("features", activations)
             return head(params, activations)
@@ -278,10 +292,6 @@ class EquinoxKind:
         self.owner: object = model
         self.name = type(model).__name__
 
-    @staticmethod
-    def is_spatial(shape: tuple[int, ...]) -> bool:
-        return len(shape) == 3 and shape[1] * shape[2] > 1  # one sample's (C, H, W)
-
     def modules(self) -> dict[str, Any]:
         found: dict[str, Any] = {}
 
@@ -313,14 +323,17 @@ class EquinoxKind:
         intercepted = _intercepted_module_class(eqx)
         every_path = tuple(self.modules())  # the closure must not hold the model itself
 
-        def run(params: Any, x: Any, intercept: Intercept, paths: frozenset[str] | None) -> Any:
+        def run(
+            params: Any, args: tuple[Any, ...], kwargs: dict[str, Any], intercept: Intercept,
+            paths: frozenset[str] | None,
+        ) -> Any:  # fmt: skip
             model = eqx.combine(params, static)
             for path in paths if paths is not None else every_path:
                 getter = functools.partial(_get_path, parts=path.split("."))
                 model = eqx.tree_at(
                     getter, model, replace_fn=lambda inner, p=path: intercepted(inner, p, intercept)
                 )
-            return model(x)
+            return model(*args, **kwargs)
 
         return Split(structure, arrays, run)
 

@@ -11,11 +11,13 @@ How a call runs, and why:
   is one ``jax.jit`` function, cached by model structure, layers, target kind and method
   options (``_cache``); class indices and masks are its inputs, so a new class does not
   recompile. Arrays stay on the model's device; only the final maps come back as numpy.
+- The model's inputs enter the compiled function as arrays; what else it is called with (a
+  flag, a string) is part of the cache key and stays Python. Inputs are cast, inside the
+  compiled function, to the floating dtype of the model's parameters (float64 under
+  ``jax_enable_x64``); every call holds the model's lock.
 - Flax and function pairs are channels-last, ``(N, H, W, C)``; Equinox takes one
-  channels-first image ``(C, H, W)`` and is vmapped. Activations reach the core as
-  ``(N, C, H, W)``.
-- Inputs are cast, inside the compiled function, to the floating dtype of the model's
-  parameters (float64 under ``jax_enable_x64``); every call holds the model's lock.
+  channels-first sample and is vmapped. Layers' outputs reach the core as the layer returns
+  them; the layer table says their layout by the kind's convention.
 
 Built from the public names of :mod:`camkit.provider` only.
 """
@@ -35,9 +37,10 @@ from camkit.provider import (
     FORWARD_FROM_LAYER,
     FORWARD_SCORES,
     FUSED_PIPELINE,
-    Batch,
     Capture,
     InputError,
+    LayerTable,
+    ModelInputs,
     Pipeline,
     Precision,
     ScoredTarget,
@@ -45,8 +48,8 @@ from camkit.provider import (
 )
 
 from ._cache import compiled, trace_count
-from ._kinds import Layout, Run, model_kind
-from ._trace import Captured, capture, forward, probe, replaced
+from ._kinds import FunctionKind, Layout, Run, layout_of, model_kind
+from ._trace import Call, Captured, capture, forward, probe, replaced, vmapped
 
 __all__ = ["JaxProvider", "trace_count"]
 
@@ -68,39 +71,64 @@ class _Scored(NamedTuple):
     indices: Any
 
 
-def _model_inputs(params: Any, x: Any) -> Any:
-    """Inputs in the floating dtype of the model's parameters (float64 under x64), inside the
-    compiled function, where the cast is free."""
+class _Arguments(NamedTuple):
+    """A model's inputs split for a compiled function: ``arrays`` (its inputs, in order), the
+    hashable ``key`` of everything else, and ``call(arrays)`` rebuilding the call in a trace."""
+
+    arrays: list[Any]
+    key: Hashable
+    call: Callable[[list[Any]], Call]
+
+
+def _is_array(value: Any) -> bool:
+    return isinstance(value, np.ndarray | jax.Array)
+
+
+def _static(value: Any) -> Hashable:
+    try:
+        hash(value)
+    except TypeError:
+        return ("unhashable", id(value))
+    return value
+
+
+def _arguments(inputs: ModelInputs) -> _Arguments:
+    args, kwargs = inputs.call_arguments()
+    leaves, tree = jax.tree_util.tree_flatten((args, kwargs))
+    arrays = [leaf for leaf in leaves if _is_array(leaf)]
+    fixed = [None if _is_array(leaf) else leaf for leaf in leaves]
+
+    def call(traced: list[Any]) -> Call:
+        it = iter(traced)
+        merged = [next(it) if _is_array(leaf) else leaf for leaf in leaves]
+        rebuilt_args, rebuilt_kwargs = jax.tree_util.tree_unflatten(tree, merged)
+        return Call(tuple(rebuilt_args), dict(rebuilt_kwargs), inputs.key)
+
+    key = (tree, tuple(_static(value) for value in fixed), inputs.key)
+    return _Arguments(arrays, key, call)
+
+
+def _float_dtype(params: Any) -> Any:
+    """The floating dtype of the model's parameters (float32 where it has none)."""
     for leaf in jax.tree_util.tree_leaves(params):
         dtype = getattr(leaf, "dtype", None)
         if dtype is not None and jnp.issubdtype(dtype, jnp.floating):
-            return x.astype(dtype)
-    return x
+            return dtype
+    return jnp.float32
 
 
-def _at_precision(params: Any, x: Any, precision: Precision) -> tuple[Any, Any]:
-    """Parameters and inputs cast to ``precision`` (floating leaves only); for float32, the
-    inputs in the parameters' own dtype."""
+def _at_precision(params: Any, call: Call, precision: Precision) -> tuple[Any, Call]:
+    """Parameters and the image cast to ``precision`` (floating leaves only); for float32, the
+    image in the parameters' own dtype (the cast is free inside the compiled function)."""
     dtype = _DTYPES[precision]
     if dtype == jnp.float32:
-        return params, _model_inputs(params, x)
+        return params, call.with_image(call.image.astype(_float_dtype(params)))
 
     def cast(leaf: Any) -> Any:
         floating = isinstance(leaf, jax.Array) and jnp.issubdtype(leaf.dtype, jnp.floating)
         return leaf.astype(dtype) if floating else leaf
 
-    return jax.tree_util.tree_map(cast, params), x.astype(dtype)
-
-
-def _native(x: Any, layout: Layout) -> Any:
-    """Channels-first core arrays ``(N, C, H, W)`` in the model's own layout."""
-    return jnp.transpose(x, (0, 2, 3, 1)) if layout.channels_last and x.ndim == 4 else x
-
-
-def _input_size(inputs: Any, layout: Layout) -> tuple[int, int]:
-    if layout.channels_last:
-        return int(inputs.shape[1]), int(inputs.shape[2])
-    return int(inputs.shape[2]), int(inputs.shape[3])
+    return jax.tree_util.tree_map(cast, params), call.with_image(call.image.astype(dtype))
 
 
 class JaxProvider:
@@ -127,13 +155,15 @@ class JaxProvider:
     def resolve_layer(self, layer: object) -> str:
         return kit.find_layer(layer, self.kind.modules(), self.kind.name)
 
-    def default_layer(self, inputs: Any) -> str:
-        x = self._prepare(inputs)
-        return kit.automatic_layer(self.kind.owner, tuple(x.shape), lambda: self._probe(x))
+    def layers(self, inputs: ModelInputs) -> LayerTable:
+        self._prepare(inputs)
+        return kit.layer_table(self.kind.owner, inputs.signature(), lambda: self._probe(inputs))
 
-    def _probe(self, x: Any) -> str:
+    def _probe(self, inputs: ModelInputs) -> LayerTable:
         """Trace the model once (no compute), recording every layer's output shape."""
         _, params, run = self.kind.split()
+        split = _arguments(inputs)
+        layout = self.kind.layout
         order: list[tuple[str, tuple[int, ...]]] = []
 
         def record(path: str, output: Any) -> Any:
@@ -141,15 +171,20 @@ class JaxProvider:
                 order.append((path, tuple(output.shape)))
             return output
 
-        def shapes() -> Any:
-            inputs = _model_inputs(params, x)
-            if self.kind.layout.per_sample:
-                return jax.vmap(lambda sample: run(params, sample, record, None))(inputs)
-            return run(params, inputs, record, None)
+        def shapes(arrays: list[Any]) -> Any:
+            call = split.call(arrays)
+            call = call.with_image(call.image.astype(_float_dtype(params)))
+            return vmapped(
+                layout, call, lambda one: run(params, one.args, one.kwargs, record, None)
+            )
 
-        with self._lock, self._running(x):
-            jax.eval_shape(shapes)
-        return kit.last_spatial_layer(order, self.kind.is_spatial, self.kind.name, tuple(x.shape))
+        with self._lock, self._running(inputs):
+            jax.eval_shape(shapes, split.arrays)
+        count = inputs.count
+        rank = len(self.input_size(inputs))
+        batched = [(path, (count, *shape) if layout.per_sample else shape) for path, shape in order]
+        calls = [(path, shape, layout_of(layout, len(shape), rank)) for path, shape in batched]
+        return LayerTable.of(calls, self.input_size(inputs))  # type: ignore[arg-type]
 
     # -- compiled functions ---------------------------------------------------------------
 
@@ -164,50 +199,51 @@ class JaxProvider:
             self._keys.append(key)
         return function, split.params
 
-    def _call(self, function: Any, params: Any, x: Any, *args: Any) -> Any:
-        with self._lock, self._running(x):
-            return function(params, x, *args)
+    def _call(self, function: Any, params: Any, inputs: ModelInputs, *args: Any) -> Any:
+        with self._lock, self._running(inputs):
+            return function(params, *args)
 
     # -- capture --------------------------------------------------------------------------
 
     def _run(
-        self, inputs: Any, layers: Sequence[str], target: Target, gradients: bool,
+        self, inputs: ModelInputs, layers: Sequence[str], target: Target, gradients: bool,
         pipeline: Pipeline | None, pipeline_key: Hashable,
     ) -> Any:  # fmt: skip
-        x = self._prepare(inputs)
-        count = int(x.shape[0])
+        self._prepare(inputs)
+        count = inputs.count
         traced = kit.trace_target(target, count)
+        split = _arguments(inputs)
         layers = tuple(layers)
 
         def build(run: Run, layout: Layout) -> Callable[..., Any]:
-            def captured(params: Any, x: Any, arrays: dict[str, Any]) -> Any:
-                bound = traced.bind(arrays)
-                x = _model_inputs(params, x)
-                result = capture(layout, run, params, x, bound, layers, gradients)
+            def captured(params: Any, arrays: list[Any], data: dict[str, Any]) -> Any:
+                call = split.call(arrays)
+                call = call.with_image(call.image.astype(_float_dtype(params)))
+                result = capture(layout, run, params, call, traced.bind(data), layers, gradients)
                 if pipeline is None:
                     return result
-                batch = Batch(_input_size(x, layout))
-                cams = pipeline(Capture(*result), batch)
+                size = kit.image_size(tuple(call.image.shape), channels_last=layout.channels_last)
+                cams = pipeline(Capture(*result), size)
                 return _Mapped(cams, result.outputs, result.scores, result.indices)
 
             return captured
 
-        name = ("capture", layers, traced.key, gradients, pipeline_key)
+        name = ("capture", layers, traced.key, gradients, pipeline_key, split.key)
         function, params = self._compiled(name, build)
-        result = self._call(function, params, x, traced.arrays)
+        result = self._call(function, params, inputs, split.arrays, traced.arrays)
         channels_last = self.kind.layout.channels_last
         kit.check_outputs(target, result.outputs, count, channels_last=channels_last)
         return result
 
     def capture(
-        self, inputs: Any, layers: Sequence[str], target: Target, *, gradients: bool
+        self, inputs: ModelInputs, layers: Sequence[str], target: Target, *, gradients: bool
     ) -> Capture:
         result: Captured = self._run(inputs, layers, target, gradients, None, None)
         return Capture(*result)
 
     def run_pipeline(
         self,
-        inputs: Any,
+        inputs: ModelInputs,
         layers: Sequence[str],
         target: Target,
         *,
@@ -220,93 +256,110 @@ class JaxProvider:
 
     # -- forward passes without capture (perturbation methods, metrics) ---------------------
 
-    def core_inputs(self, inputs: Any) -> Any:
-        """The validated inputs as a channels-first ``(N, C, H, W)`` float32 array."""
-        x = self._prepare(inputs).astype(jnp.float32)
-        return jnp.transpose(x, (0, 3, 1, 2)) if self.kind.layout.channels_last else x
+    def core_inputs(self, inputs: ModelInputs) -> Any:
+        """The validated image as a channels-first ``(N, C, *S)`` float32 array."""
+        self._prepare(inputs)
+        image = jnp.asarray(inputs.image, jnp.float32)
+        return jnp.moveaxis(image, -1, 1) if self.kind.layout.channels_last else image
 
-    def native_inputs(self, x: Any) -> Any:
-        """Channels-first inputs back in the model's own layout, for ``capture``."""
-        return _native(x, self.kind.layout)
+    def native_image(self, x: Any) -> Any:
+        """A channels-first image back in the model's own layout."""
+        return jnp.moveaxis(x, 1, -1) if self.kind.layout.channels_last else x
 
     def _scored(self, result: _Scored, target: Target, count: int) -> ScoredTarget:
         channels_last = self.kind.layout.channels_last
         kit.check_outputs(target, result.outputs, count, channels_last=channels_last)
         return ScoredTarget(result.scores, result.indices)
 
-    def forward_scores(self, x: Any, target: Target, *, precision: Precision) -> ScoredTarget:
-        """The target's scores of a channels-first batch (as from ``core_inputs``), jitted."""
-        count = int(x.shape[0])
+    def forward_scores(
+        self, inputs: ModelInputs, target: Target, *, precision: Precision
+    ) -> ScoredTarget:
+        """The target's scores of ``inputs`` (the image as from ``native_image``), jitted."""
+        self._prepare(inputs)
+        count = inputs.count
         traced = kit.trace_target(target, count)
+        split = _arguments(inputs)
 
         def build(run: Run, layout: Layout) -> Callable[..., Any]:
-            def scores(params: Any, x: Any, arrays: dict[str, Any]) -> _Scored:
-                params, x = _at_precision(params, x, precision)
-                outputs = forward(layout, run, params, _native(x, layout), None, None,
-                                  frozenset()).outputs  # fmt: skip
+            def scores(params: Any, arrays: list[Any], data: dict[str, Any]) -> _Scored:
+                params, call = _at_precision(params, split.call(arrays), precision)
+                outputs = forward(layout, run, params, call, None, None, frozenset()).outputs
                 scored = kit.score_outputs(
-                    traced.bind(arrays), outputs, x.shape[0], channels_last=layout.channels_last
-                )
+                    traced.bind(data), outputs, call.image.shape[0],
+                    channels_last=layout.channels_last,
+                )  # fmt: skip
                 return _Scored(outputs, scored.scores, scored.indices)
 
             return scores
 
-        function, params = self._compiled(("forward", traced.key, precision), build)
-        return self._scored(self._call(function, params, x, traced.arrays), target, count)
+        name = ("forward", traced.key, precision, split.key)
+        function, params = self._compiled(name, build)
+        result = self._call(function, params, inputs, split.arrays, traced.arrays)
+        return self._scored(result, target, count)
 
     def forward_from_layer(
-        self, x: Any, layer: str, activations: Any, target: Target, *, precision: Precision
-    ) -> ScoredTarget:
-        """Scores of one sample ``x`` ``(1, ...)`` with ``layer``'s output (at its last call)
+        self, inputs: ModelInputs, layer: str, activations: Any, target: Target,
+        *, precision: Precision,
+    ) -> ScoredTarget:  # fmt: skip
+        """Scores of one sample's ``inputs`` with ``layer``'s output (at its last call)
         replaced by each row of ``activations`` ``(B, ...)``.
 
         The replacements are ``vmap``-ped while the sample is not, so the network up to the
         layer runs once and only the rest runs ``B`` times.
         """
+        self._prepare(inputs)
         count = int(activations.shape[0])
         traced = kit.trace_target(target, count)
+        split = _arguments(inputs)
 
         def build(run: Run, layout: Layout) -> Callable[..., Any]:
-            def scores(params: Any, x: Any, rows: Any, arrays: dict[str, Any]) -> _Scored:
-                params, x = _at_precision(params, x, precision)
-                native, rows = _native(x, layout), _native(rows, layout)
-                sample = native[0] if layout.per_sample else native
-                calls = probe(layout, run, params, native, [layer]).calls
+            def scores(params: Any, arrays: list[Any], rows: Any, data: dict[str, Any]) -> _Scored:
+                params, call = _at_precision(params, split.call(arrays), precision)
+                calls = probe(layout, run, params, call, [layer]).calls
+                sample = call.first() if layout.per_sample else call
                 outputs = jax.vmap(
                     lambda row: replaced(layout, run, params, sample, layer, row, calls)
                 )(rows)
                 scored = kit.score_outputs(
-                    traced.bind(arrays), outputs, rows.shape[0], channels_last=layout.channels_last
+                    traced.bind(data), outputs, rows.shape[0], channels_last=layout.channels_last
                 )
                 return _Scored(outputs, scored.scores, scored.indices)
 
             return scores
 
-        function, params = self._compiled(("from_layer", layer, traced.key, precision), build)
-        result = self._call(function, params, x, activations, traced.arrays)
+        name = ("from_layer", layer, traced.key, precision, split.key)
+        function, params = self._compiled(name, build)
+        result = self._call(function, params, inputs, split.arrays, activations, traced.arrays)
         return self._scored(result, target, count)
 
     # -- helpers --------------------------------------------------------------------------
 
-    def _running(self, x: Any) -> contextlib.AbstractContextManager[None]:
+    def _size(self, image: Any) -> tuple[int, ...]:
+        channels_last = self.kind.layout.channels_last
+        return kit.image_size(tuple(image.shape), channels_last=channels_last)
+
+    def _running(self, inputs: ModelInputs) -> contextlib.AbstractContextManager[None]:
+        image = inputs.image
         channels_last = self.kind.layout.channels_last
         return kit.running_model(
-            self.kind.name, tuple(x.shape), str(x.dtype), channels_last=channels_last
+            self.kind.name, tuple(image.shape), str(image.dtype), channels_last=channels_last
         )
 
-    def _prepare(self, inputs: Any) -> Any:
-        if not isinstance(inputs, np.ndarray | jax.Array):
+    def _prepare(self, inputs: ModelInputs) -> None:
+        """Check the image (a numpy or JAX array of signals, images or volumes)."""
+        image = inputs.image
+        if not _is_array(image):
+            raise InputError(f"inputs must be a numpy or JAX array, got {type(image).__qualname__}")
+        floating = bool(jnp.issubdtype(image.dtype, jnp.floating))
+        channels_last = self.kind.layout.channels_last
+        kit.check_image(
+            tuple(image.shape), str(image.dtype), floating=floating, channels_last=channels_last
+        )
+        if isinstance(self.kind, FunctionKind) and inputs.key is not None:
             raise InputError(
-                f"inputs must be a numpy or JAX array, got {type(inputs).__qualname__}"
+                "a camkit_jax.FunctionSplit takes one array: its features(params, x); put the "
+                "other inputs in params or in the functions"
             )
-        expected = (
-            "(N, C, H, W), channels-first, for Equinox" if not self.kind.layout.channels_last
-            else "(N, H, W, C), channels-last, for Flax and function pairs"
-        )  # fmt: skip
-        floating = bool(jnp.issubdtype(inputs.dtype, jnp.floating))
-        kit.check_batch(tuple(inputs.shape), str(inputs.dtype), floating=floating,
-                        expected=expected)  # fmt: skip
-        return jnp.asarray(inputs)
 
     # -- the rest of the protocol ---------------------------------------------------------
 
@@ -319,8 +372,8 @@ class JaxProvider:
             )
         return self.kind.classifier_weights()
 
-    def input_size(self, inputs: Any) -> tuple[int, int]:
-        return _input_size(inputs, self.kind.layout)
+    def input_size(self, inputs: ModelInputs) -> tuple[int, ...]:
+        return self._size(inputs.image)
 
     def to_numpy(self, array: Any) -> np.ndarray:
         return np.asarray(array)

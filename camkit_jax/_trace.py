@@ -3,13 +3,15 @@
 The chosen layer's output ``A`` is intercepted and replaced by ``A + delta`` with ``delta = 0``;
 ``jax.value_and_grad`` with respect to ``delta`` is then exactly ``dS/dA``. An ``eval_shape``
 probe first gives each layer's output shape and call count: a layer called several times is
-captured at its last call. Per-sample kinds (Equinox) are vmapped over the batch.
+captured at its last call. Per-sample kinds (Equinox) are vmapped over the batch: over every
+input whose leading axis is the batch size, the others passed whole.
 """
 
 from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Sequence
+from dataclasses import dataclass, replace
 from typing import Any, NamedTuple
 
 import jax
@@ -19,7 +21,59 @@ from camkit.provider import LayerError, Target, score_outputs
 
 from ._kinds import Layout, Run
 
-__all__ = ["Captured", "Forward", "Probe", "capture", "forward", "probe", "to_core"]
+__all__ = [
+    "Call",
+    "Captured",
+    "Forward",
+    "Probe",
+    "capture",
+    "forward",
+    "probe",
+    "replaced",
+    "to_core",
+    "vmapped",
+]
+
+
+@dataclass(frozen=True)
+class Call:
+    """The model's arguments inside a trace, ``model(*args, **kwargs)``, and where the image is
+    among them (``key``: a position in ``args``, a keyword, or ``None`` for ``args[0]``)."""
+
+    args: tuple[Any, ...]
+    kwargs: dict[str, Any]
+    key: int | str | None
+
+    @property
+    def image(self) -> Any:
+        if isinstance(self.key, str):
+            return self.kwargs[self.key]
+        return self.args[self.key or 0]
+
+    def with_image(self, image: Any) -> Call:
+        if isinstance(self.key, str):
+            return replace(self, kwargs={**self.kwargs, self.key: image})
+        args = list(self.args)
+        args[self.key or 0] = image
+        return replace(self, args=tuple(args))
+
+    def batched(self) -> tuple[list[Any], list[bool], Any]:
+        """The arguments' leaves, which of them have the batch size as leading axis, and the
+        tree to rebuild them."""
+        count = self.image.shape[0]
+        leaves, tree = jax.tree_util.tree_flatten((self.args, self.kwargs))
+        flags = [getattr(leaf, "ndim", 0) > 0 and leaf.shape[0] == count for leaf in leaves]
+        return leaves, flags, tree
+
+    def rebuilt(self, leaves: list[Any], tree: Any) -> Call:
+        args, kwargs = jax.tree_util.tree_unflatten(tree, leaves)
+        return Call(tuple(args), dict(kwargs), self.key)
+
+    def first(self) -> Call:
+        """The first sample alone, without its batch axis (for a per-sample model)."""
+        leaves, flags, tree = self.batched()
+        firsts = [leaf[0] if f else leaf for leaf, f in zip(leaves, flags, strict=True)]
+        return self.rebuilt(firsts, tree)
 
 
 class Forward(NamedTuple):
@@ -80,43 +134,59 @@ class _Perturbation:
         return output
 
 
+def _run(run: Run, params: Any, call: Call, intercept: Any, paths: frozenset[str] | None) -> Any:
+    return run(params, call.args, call.kwargs, intercept, paths)
+
+
+def vmapped(layout: Layout, call: Call, one: Any, *extra: Any) -> Any:
+    """``one(sample_call, *extra_rows)`` over the batch: vmapped for per-sample kinds (over the
+    inputs with the batch as leading axis), called once for batched ones."""
+    if not layout.per_sample:
+        return one(call, *extra)
+    leaves, flags, tree = call.batched()
+
+    def each(batched: list[Any], *rows: Any) -> Any:
+        it = iter(batched)
+        merged = [next(it) if flag else leaf for leaf, flag in zip(leaves, flags, strict=True)]
+        return one(call.rebuilt(merged, tree), *rows)
+
+    return jax.vmap(each)([leaf for leaf, flag in zip(leaves, flags, strict=True) if flag], *extra)
+
+
 def forward(
-    layout: Layout, run: Run, params: Any, x: Any, deltas: dict[str, Any] | None,
+    layout: Layout, run: Run, params: Any, call: Call, deltas: dict[str, Any] | None,
     last_calls: dict[str, int] | None, paths: frozenset[str],
 ) -> Forward:  # fmt: skip
     """Run the model with the layers in ``paths`` intercepted; per-sample kinds are vmapped."""
-    if not layout.per_sample:
-        perturbation = _Perturbation(deltas, last_calls)
-        outputs = run(params, x, perturbation, paths)
-        return Forward(outputs, perturbation.recorded, perturbation.seen)
     seen: Counter[str] = Counter()
 
-    def one(sample: Any, sample_deltas: dict[str, Any] | None) -> Any:
+    def one(sample: Call, sample_deltas: dict[str, Any] | None) -> Any:
         perturbation = _Perturbation(sample_deltas, last_calls)
-        outputs = run(params, sample, perturbation, paths)
+        outputs = _run(run, params, sample, perturbation, paths)
         seen.update(perturbation.seen)  # counted once, while vmap traces one sample
         return outputs, perturbation.recorded
 
-    outputs, recorded = jax.vmap(one)(x, deltas)
+    outputs, recorded = vmapped(layout, call, one, deltas)
     return Forward(outputs, recorded, seen)
 
 
-def replaced(layout: Layout, run: Run, params: Any, sample: Any, layer: str, row: Any,
+def replaced(layout: Layout, run: Run, params: Any, sample: Call, layer: str, row: Any,
              calls: dict[str, int]) -> Any:  # fmt: skip
     """The outputs of one sample with ``layer``'s output (at its last call) replaced by
-    ``row``, both without a batch axis."""
+    ``row``, both without a batch axis (``sample`` as :meth:`Call.first` for per-sample
+    kinds, a batch of one for the others)."""
     batched = not layout.per_sample
     replace = _Perturbation({layer: row[None] if batched else row}, calls, replace=True)
-    outputs = run(params, sample, replace, frozenset([layer]))
+    outputs = _run(run, params, sample, replace, frozenset([layer]))
     return outputs[0] if batched else outputs
 
 
-def probe(layout: Layout, run: Run, params: Any, x: Any, layers: Sequence[str]) -> Probe:
+def probe(layout: Layout, run: Run, params: Any, call: Call, layers: Sequence[str]) -> Probe:
     """The layers' output shapes and call counts, from an ``eval_shape`` pass (no compute)."""
     found: dict[str, Any] = {}
 
     def shapes() -> Any:
-        result = forward(layout, run, params, x, None, None, frozenset(layers))
+        result = forward(layout, run, params, call, None, None, frozenset(layers))
         found["calls"] = dict(result.calls)
         return result.recorded
 
@@ -131,40 +201,36 @@ def probe(layout: Layout, run: Run, params: Any, x: Any, layers: Sequence[str]) 
     return Probe(recorded_shapes, calls)
 
 
-def to_core(layout: Layout, array: Any) -> Any:
-    """A layer's array as the core takes it: float32, channels-first."""
-    array = array.astype(jnp.float32)
-    if layout.channels_last and array.ndim == 4:
-        return jnp.transpose(array, (0, 3, 1, 2))
-    return array
+def to_core(array: Any) -> Any:
+    """A layer's array as the core takes it: float32, laid out as the layer returns it."""
+    return array.astype(jnp.float32)
 
 
 def capture(
-    layout: Layout, run: Run, params: Any, x: Any, target: Target, layers: tuple[str, ...],
+    layout: Layout, run: Run, params: Any, call: Call, target: Target, layers: tuple[str, ...],
     gradients: bool,
 ) -> Captured:  # fmt: skip
     """Forward, zero-perturbation gradients and the target's scores, inside a trace."""
     wanted = frozenset(layers)
-    found = probe(layout, run, params, x, layers)
+    found = probe(layout, run, params, call, layers)
+    count = call.image.shape[0]
 
     def total_score(deltas: dict[str, Any] | None) -> Any:
-        result = forward(layout, run, params, x, deltas, found.calls, wanted)
-        scored = score_outputs(
-            target, result.outputs, x.shape[0], channels_last=layout.channels_last
-        )
+        result = forward(layout, run, params, call, deltas, found.calls, wanted)
+        scored = score_outputs(target, result.outputs, count, channels_last=layout.channels_last)
         return jnp.sum(scored.scores), (result.recorded, result.outputs, scored.scores,
                                         scored.indices)  # fmt: skip
 
     if gradients:
         zeros = {p: jnp.zeros(found.shapes[p].shape, found.shapes[p].dtype) for p in layers}
         (_, aux), grads = jax.value_and_grad(total_score, has_aux=True)(zeros)
-        layer_gradients = tuple(to_core(layout, grads[path]) for path in layers)
+        layer_gradients = tuple(to_core(grads[path]) for path in layers)
     else:
         _, aux = total_score(None)
         layer_gradients = None
     recorded, outputs, scores, indices = aux
     return Captured(
-        activations=tuple(to_core(layout, recorded[path]) for path in layers),
+        activations=tuple(to_core(recorded[path]) for path in layers),
         gradients=layer_gradients,
         outputs=outputs,
         scores=scores,

@@ -17,9 +17,12 @@ How a capture runs, and why:
   new class does not retrace.
 - Gradients come from ``GradientTape.gradient(sum_n S[n], A)`` with respect to the watched
   layer outputs only; the tape watches no variables.
-- Keras is channels-last: activations ``(N, H, W, C)`` are handed to the core as
-  ``(N, C, H, W)`` numpy arrays (TensorFlow has no Array API namespace), so every method is the
-  same code as for PyTorch.
+- Activations and gradients reach the core as numpy arrays (TensorFlow has no Array API
+  namespace) laid out as the layer returns them; the layer table says how (a layer's
+  ``data_format`` or ``axis``, Keras' channels-last convention, tokens for ``(N, T, C)`` over
+  images) and the core reads every layout the same way for every backend.
+- Models with several inputs are called as Keras takes them: a list for a tuple of inputs, a
+  dict for keyword inputs, and ``forward_kwargs`` as keyword arguments.
 - A model whose last layer applies a softmax is explained on its logits: while tracing, that
   layer's softmax is left out. Where the softmax is out of reach and the outputs look like
   probabilities, a warning says so.
@@ -52,7 +55,10 @@ from camkit.provider import (
     Capture,
     InputError,
     LayerError,
+    LayerTable,
+    Layout,
     ModelError,
+    ModelInputs,
     Precision,
     ScoredTarget,
     Target,
@@ -166,12 +172,35 @@ class _Scored(NamedTuple):
     indices: Any
 
 
-def _is_feature_map(shape: tuple[int, ...]) -> bool:
-    return len(shape) == 4 and shape[1] * shape[2] > 1  # (N, H, W, C)
+def _keras_layout(
+    layer: Any, given: Any, output: Any, known: Mapping[int, Layout], rank: int
+) -> Layout | None:
+    """The layout of a Keras ``layer``'s ``output`` as far as Keras says: its ``data_format``,
+    a normalization's ``axis``, a layer acting on the last axis (``Dense``, ``LayerNorm``:
+    channels-last, or tokens on ``(N, T, C)`` over an image), else the layout of the tensor it
+    was given (an activation) or returns; ``None`` if none says."""
+    own = getattr(layer, "data_format", None)
+    if own in ("channels_first", "channels_last"):
+        return own  # type: ignore[no-any-return]
+    axis = getattr(layer, "axis", None)
+    axis = axis[0] if isinstance(axis, list | tuple) and len(axis) == 1 else axis
+    last_axis = type(layer).__name__ in ("Dense", "EinsumDense", "LayerNormalization")
+    if isinstance(axis, int) and not last_axis and output.shape.rank == rank + 2:
+        return "channels_first" if axis == 1 else "channels_last"
+    on_last = last_axis or (isinstance(axis, int) and axis in (-1, output.shape.rank - 1))
+    if on_last and output.shape.rank >= 3:
+        return "tokens" if output.shape.rank == 3 and rank >= 2 else "channels_last"
+    if given is not None and id(given) in known and given.shape == output.shape:
+        return known[id(given)]
+    return known.get(id(output))
 
 
-def _channels_first(array: np.ndarray) -> np.ndarray:
-    return np.ascontiguousarray(np.moveaxis(array, -1, 1)) if array.ndim == 4 else array
+def _first_tensor(value: Any) -> Any:
+    if tf.is_tensor(value):
+        return value
+    if isinstance(value, list | tuple):
+        return next((item for item in value if tf.is_tensor(item)), None)
+    return None
 
 
 def _host(structure: Any) -> Any:
@@ -229,26 +258,53 @@ class KerasProvider:
     def resolve_layer(self, layer: object) -> str:
         return kit.find_layer(layer, self._layers(), self._name, separator="/")
 
-    def default_layer(self, inputs: Any) -> str:
-        x = self._prepare(inputs)
-        return kit.automatic_layer(self.model, tuple(x.shape), lambda: self._probe(x))
+    def layers(self, inputs: ModelInputs) -> LayerTable:
+        prepared = self._prepare(inputs)
+        return kit.layer_table(self.model, prepared.signature(), lambda: self._probe(prepared))
 
-    def _probe(self, x: Any) -> str:
-        """Run the model once, recording every layer's output shape in call order."""
-        calls: list[tuple[str, tuple[int, ...]]] = []
+    def _probe(self, inputs: ModelInputs) -> LayerTable:
+        """Run the model once, recording every layer's output shape and layout in order."""
+        image = inputs.image
+        rank = len(image.shape) - 2
+        known: dict[int, Layout] = {id(image): "channels_last"}  # Keras takes NHWC inputs
+        seen: list[Any] = [image]  # alive, so that no id is reused during the probe
+        calls: list[tuple[str, tuple[int, ...], Layout | None]] = []
+        layers = self._layers()
 
         def record(path: str, call: Callable[..., Any]) -> Callable[..., Any]:
+            layer = layers[path]
+
             def recording_call(*args: Any, **kwargs: Any) -> Any:
                 output = call(*args, **kwargs)
-                if tf.is_tensor(output):
-                    calls.append((path, tuple(output.shape)))
+                tensor = _first_tensor(output)
+                if tensor is not None:
+                    layout = _keras_layout(layer, _first_tensor(args), tensor, known, rank)
+                    if layout is not None:
+                        known[id(tensor)] = layout
+                        seen.append(tensor)
+                    calls.append((path, tuple(tensor.shape), layout))
                 return output
 
             return recording_call
 
-        with self._lock, _shadow_calls(self._layers(), record), self._running(x):
-            self.model(x, training=False)
-        return kit.last_spatial_layer(calls, _is_feature_map, self._name, tuple(x.shape))
+        with self._lock, _shadow_calls(layers, record), self._running(inputs):
+            self._call(self.model, inputs)
+        # a feature map no layer vouches for is channels-last, Keras' convention, unless the
+        # model also makes channels-first ones: then a guess could be wrong
+        first = any(lay == "channels_first" and len(s) == rank + 2 for _, s, lay in calls)
+        resolved = [
+            (path, shape, layout or self._default_layout(len(shape), rank, first))
+            for path, shape, layout in calls
+        ]
+        return LayerTable.of(resolved, self.input_size(inputs))
+
+    @staticmethod
+    def _default_layout(ndim: int, rank: int, channels_first: bool) -> Layout | None:
+        if ndim == rank + 2:
+            return None if channels_first else "channels_last"
+        if ndim == 3 and rank >= 2:
+            return "tokens"  # (N, T, C) in a model of images: a transformer's tokens
+        return None
 
     # -- compiled functions ---------------------------------------------------------------
 
@@ -270,9 +326,22 @@ class KerasProvider:
 
         return model
 
-    def _run(self, compiled: Any, x: Any, *args: Any) -> Any:
-        with self._lock, self._running(x):
-            return compiled(x, *args)
+    def _run(self, compiled: Any, inputs: ModelInputs, *args: Any) -> Any:
+        with self._lock, self._running(inputs):
+            return compiled(*self._arguments(inputs), *args)
+
+    @staticmethod
+    def _arguments(inputs: ModelInputs) -> tuple[Any, dict[str, Any]]:
+        """The model's input as Keras takes it (one array, a list, or a dict) and the keyword
+        arguments of its call."""
+        given = inputs.given
+        structure = list(given) if isinstance(given, tuple) else given
+        return structure, dict(inputs.forward_kwargs)
+
+    @classmethod
+    def _call(cls, model: Any, inputs: ModelInputs) -> Any:
+        structure, kwargs = cls._arguments(inputs)
+        return model(structure, training=False, **kwargs)
 
     @staticmethod
     def _arrays(traced: TracedTarget) -> dict[str, Any]:
@@ -281,21 +350,22 @@ class KerasProvider:
     # -- capture --------------------------------------------------------------------------
 
     def capture(
-        self, inputs: Any, layers: Sequence[str], target: Target, *, gradients: bool
+        self, inputs: ModelInputs, layers: Sequence[str], target: Target, *, gradients: bool
     ) -> Capture:
-        x = self._prepare(inputs)
-        count = int(x.shape[0])
+        prepared = self._prepare(inputs)
+        count = prepared.count
         traced = kit.trace_target(target, count)
-        key = ("capture", tuple(layers), traced.key, gradients)
-        body = self._capture_body(tuple(layers), traced, gradients)
-        captured: _Captured = self._run(self._compiled(key, body), x, self._arrays(traced))
+        key = ("capture", tuple(layers), traced.key, gradients, prepared.key)
+        body = self._capture_body(tuple(layers), traced, gradients, prepared.key)
+        compiled = self._compiled(key, body)
+        captured: _Captured = self._run(compiled, prepared, self._arrays(traced))
         kit.check_outputs(target, captured.outputs, count, channels_last=True)
         host_outputs = _host(captured.outputs)
         if isinstance(target, ClassTarget) and not captured.softmax_reached:
             self._warn_if_probabilities(host_outputs)
 
         def to_core(arrays: list[Any]) -> tuple[np.ndarray, ...]:
-            return tuple(_channels_first(np.asarray(a, np.float32)) for a in _host(arrays))
+            return tuple(np.asarray(a, np.float32) for a in _host(arrays))
 
         return Capture(
             activations=to_core(captured.activations),
@@ -306,7 +376,7 @@ class KerasProvider:
         )
 
     def _capture_body(
-        self, layers: tuple[str, ...], traced: TracedTarget, gradients: bool
+        self, layers: tuple[str, ...], traced: TracedTarget, gradients: bool, key: Any
     ) -> Callable[..., _Captured]:
         # The body is cached with the model and must not keep it alive: it holds the model
         # weakly, and the layers it needs (which hold no reference to their parents).
@@ -315,28 +385,30 @@ class KerasProvider:
         final = self._final_softmax_layer()
         logits_of = functools.partial(_logits_of, self.keras, final)
 
-        def capture(x: Any, arrays: dict[str, Any]) -> _Captured:
+        def capture(structure: Any, kwargs: dict[str, Any], arrays: dict[str, Any]) -> _Captured:
             recorded: dict[str, Any] = {}
 
             def watch(path: str, call: Callable[..., Any]) -> Callable[..., Any]:
-                def watching_call(*args: Any, **kwargs: Any) -> Any:
-                    output = call(*args, **kwargs)
-                    if not tf.is_tensor(output):
+                def watching_call(*args: Any, **call_kwargs: Any) -> Any:
+                    output = call(*args, **call_kwargs)
+                    tensor = _first_tensor(output)
+                    if tensor is None:
                         raise LayerError(
                             f"layer {path!r} returns {type(output).__name__}, not a tensor; "
-                            "choose a layer with a single tensor output"
+                            "choose a layer with a tensor output"
                         )
-                    tape.watch(output)
-                    recorded[path] = output  # a layer called several times: its last call
+                    tape.watch(tensor)
+                    recorded[path] = tensor  # a layer called several times: its last call
                     return output
 
                 return watching_call
 
+            image = structure if key is None else structure[key]
             with tf.GradientTape(watch_accessed_variables=False) as tape:
                 with _shadow_calls(chosen, watch), logits_of():
-                    outputs = model_ref()(x, training=False)
+                    outputs = model_ref()(structure, training=False, **kwargs)
                 scored = kit.score_outputs(
-                    traced.bind(arrays), outputs, x.shape[0], channels_last=True
+                    traced.bind(arrays), outputs, image.shape[0], channels_last=True
                 )
                 total = tf.reduce_sum(scored.scores)
             missing = [path for path in layers if path not in recorded]
@@ -360,53 +432,69 @@ class KerasProvider:
 
     # -- forward passes without capture (perturbation methods, metrics) ---------------------
 
-    def core_inputs(self, inputs: Any) -> np.ndarray:
-        """The validated inputs as a channels-first ``(N, C, H, W)`` float32 numpy array."""
-        return _channels_first(self._prepare(inputs).numpy())
+    def core_inputs(self, inputs: ModelInputs) -> np.ndarray:
+        """The validated image as a channels-first ``(N, C, *S)`` float32 numpy array."""
+        image = self._prepare(inputs).image.numpy()
+        return np.ascontiguousarray(np.moveaxis(image, -1, 1))
 
-    def native_inputs(self, x: np.ndarray) -> np.ndarray:
-        """Channels-first inputs back in Keras' channels-last layout, for ``capture``."""
+    def native_image(self, x: np.ndarray) -> np.ndarray:
+        """A channels-first image back in Keras' channels-last layout."""
         return np.ascontiguousarray(np.moveaxis(np.asarray(x), 1, -1))
 
-    def _forward_body(self, layer: str | None, traced: TracedTarget) -> Callable[..., _Scored]:
-        """A forward pass on channels-first inputs and the target's scores; with ``layer``, the
-        layer's output (at every call) is replaced by the ``replacement`` argument."""
+    def _forward_body(
+        self, layer: str | None, traced: TracedTarget, key: Any
+    ) -> Callable[..., _Scored]:
+        """A forward pass and the target's scores; with ``layer``, the layer's output (at every
+        call) is replaced by the ``replacement`` argument."""
         model_ref = self._model_ref()
         chosen = {} if layer is None else {layer: self._layers()[layer]}
         logits_of = functools.partial(_logits_of, self.keras, self._final_softmax_layer())
 
-        def forward(x: Any, replacement: Any, arrays: dict[str, Any]) -> _Scored:
+        def forward(
+            structure: Any, kwargs: dict[str, Any], replacement: Any, arrays: dict[str, Any]
+        ) -> _Scored:
             called: list[str] = []
 
             def replace(path: str, call: Callable[..., Any]) -> Callable[..., Any]:
-                def replacing_call(*args: Any, **kwargs: Any) -> Any:
-                    output = call(*args, **kwargs)
+                def replacing_call(*args: Any, **call_kwargs: Any) -> Any:
+                    output = call(*args, **call_kwargs)
                     called.append(path)
-                    return tf.cast(replacement, output.dtype)
+                    tensor = _first_tensor(output)
+                    swapped = tf.cast(replacement, tensor.dtype)
+                    if tf.is_tensor(output):
+                        return swapped
+                    items = list(output)
+                    items[next(i for i, t in enumerate(items) if tf.is_tensor(t))] = swapped
+                    return type(output)(items)
 
                 return replacing_call
 
             with _shadow_calls(chosen, replace), logits_of():
-                outputs = model_ref()(tf.transpose(x, (0, 2, 3, 1)), training=False)
+                outputs = model_ref()(structure, training=False, **kwargs)
             if layer is not None and not called:
                 raise LayerError(
                     f"layer {layer!r} was not called during the forward pass; choose a layer "
                     "that the model uses"
                 )
-            count = replacement.shape[0] if layer is not None else x.shape[0]
+            image = structure if key is None else structure[key]
+            count = replacement.shape[0] if layer is not None else image.shape[0]
             scored = kit.score_outputs(traced.bind(arrays), outputs, count, channels_last=True)
             return _Scored(outputs, scored.scores, scored.indices)
 
         return forward
 
     def _scored(
-        self, key: Any, layer: str | None, x: Any, replacement: Any, target: Target, count: int
-    ) -> ScoredTarget:
+        self, name: Any, layer: str | None, inputs: ModelInputs, replacement: Any,
+        target: Target, count: int,
+    ) -> ScoredTarget:  # fmt: skip
+        prepared = self._prepare(inputs)
         traced = kit.trace_target(target, count)
         compiled = self._compiled(
-            (*key, traced.key), self._forward_body(layer, traced), reduce_retracing=True
+            (*name, traced.key, prepared.key),
+            self._forward_body(layer, traced, prepared.key),
+            reduce_retracing=True,
         )
-        scored: _Scored = self._run(compiled, tf.constant(x), replacement, self._arrays(traced))
+        scored: _Scored = self._run(compiled, prepared, replacement, self._arrays(traced))
         kit.check_outputs(target, scored.outputs, count, channels_last=True)
         return ScoredTarget(
             scored.scores.numpy().astype(np.float32),
@@ -423,18 +511,19 @@ class KerasProvider:
             )
 
     def forward_scores(
-        self, x: np.ndarray, target: Target, *, precision: Precision
+        self, inputs: ModelInputs, target: Target, *, precision: Precision
     ) -> ScoredTarget:
-        """The target's scores of a channels-first batch (as from ``core_inputs``), compiled."""
+        """The target's scores of ``inputs`` (the image as from ``native_image``), compiled."""
         self._check_precision(precision)
-        return self._scored(("forward",), None, x, tf.zeros(()), target, int(x.shape[0]))
+        count = int(inputs.image.shape[0])
+        return self._scored(("forward",), None, inputs, tf.zeros(()), target, count)
 
     def forward_from_layer(
-        self, x: np.ndarray, layer: str, activations: np.ndarray, target: Target,
+        self, inputs: ModelInputs, layer: str, activations: np.ndarray, target: Target,
         *, precision: Precision,
     ) -> ScoredTarget:  # fmt: skip
-        """Scores of one sample ``x`` ``(1, ...)`` with ``layer``'s output replaced by each row
-        of ``activations`` ``(B, ...)`` (at every call of the layer).
+        """Scores of one sample's ``inputs`` with ``layer``'s output replaced by each row of
+        ``activations`` ``(B, ...)`` (at every call of the layer).
 
         The model runs on the one sample and the layer hands on the ``B`` replacements, so the
         prefix runs once; where a later layer cannot broadcast an earlier one-sample tensor
@@ -442,21 +531,20 @@ class KerasProvider:
         """
         self._check_precision(precision)
         count = int(activations.shape[0])
-        replacement = tf.constant(
-            np.moveaxis(activations, 1, -1) if activations.ndim == 4 else activations
-        )
-        key = ("from_layer", layer)
+        replacement = tf.constant(activations)
+        name = ("from_layer", layer)
         if layer not in self._cache.repeats_prefix:
             try:
-                scored = self._scored(key, layer, x, replacement, target, count)
+                scored = self._scored(name, layer, inputs, replacement, target, count)
                 if scored.scores.shape[0] == count:
                     return scored
             except ModelError as error:
                 if not _BATCH_MISMATCH.search(str(error.__cause__)):
                     raise
             self._cache.repeats_prefix.add(layer)
-        copies = np.repeat(x, count, axis=0)
-        return self._scored(key, layer, copies, replacement, target, count)
+        image = np.asarray(inputs.image)
+        copies = inputs.rows(np.zeros(count, np.int64), np.repeat(image, count, axis=0))
+        return self._scored(name, layer, copies, replacement, target, count)
 
     def _final_softmax_layer(self) -> Any | None:
         """The model's last layer if it applies a softmax that can be left out, else None."""
@@ -487,22 +575,26 @@ class KerasProvider:
 
     # -- helpers --------------------------------------------------------------------------
 
-    def _running(self, x: Any) -> contextlib.AbstractContextManager[None]:
+    def _running(self, inputs: ModelInputs) -> contextlib.AbstractContextManager[None]:
+        image = inputs.image
         return kit.running_model(
-            self._name, tuple(x.shape), tf.as_dtype(x.dtype).name, channels_last=True
+            self._name, tuple(image.shape), tf.as_dtype(image.dtype).name, channels_last=True
         )
 
-    def _prepare(self, inputs: Any) -> Any:
-        if isinstance(inputs, np.ndarray) or tf.is_tensor(inputs):
-            dtype = tf.as_dtype(inputs.dtype)
-            kit.check_batch(
-                tuple(inputs.shape), dtype.name, floating=dtype.is_floating,
-                expected="(N, H, W, C), channels-last",
-            )  # fmt: skip
-            return tf.convert_to_tensor(inputs, dtype=tf.float32)
-        raise InputError(
-            f"inputs must be a numpy array or a tf.Tensor, got {type(inputs).__qualname__}"
+    def _prepare(self, inputs: ModelInputs) -> ModelInputs:
+        """The inputs with the image checked and a float32 tensor, every other array a
+        tensor."""
+        image = inputs.image
+        if not (isinstance(image, np.ndarray) or tf.is_tensor(image)):
+            raise InputError(
+                f"inputs must be a numpy array or a tf.Tensor, got {type(image).__qualname__}"
+            )
+        dtype = tf.as_dtype(image.dtype)
+        kit.check_image(
+            tuple(image.shape), dtype.name, floating=dtype.is_floating, channels_last=True
         )
+        converted = inputs.map_inputs(tf.convert_to_tensor)
+        return converted.with_image(tf.cast(converted.image, tf.float32))
 
     # -- the rest of the protocol ---------------------------------------------------------
 
@@ -523,8 +615,8 @@ class KerasProvider:
             raise LayerError(f"classifier={path!r} has no (features, classes) kernel")
         return np.asarray(kernel, dtype=np.float32).T.copy()
 
-    def input_size(self, inputs: Any) -> tuple[int, int]:
-        return int(inputs.shape[1]), int(inputs.shape[2])
+    def input_size(self, inputs: ModelInputs) -> tuple[int, ...]:
+        return kit.image_size(tuple(inputs.image.shape), channels_last=True)
 
     def to_numpy(self, array: Any) -> np.ndarray:
         return np.asarray(array)

@@ -7,15 +7,17 @@ How a capture runs, and why:
   layer on: the prefix saves nothing for backward (on EfficientNet-Lite0 a grad-enabled forward
   costs 1.26x an inference one; this costs about 1.02x).
 - Each hooked layer passes on a copy of its output (``A.clone()``), so an in-place op that
-  follows (``ReLU(inplace=True)``) changes the copy, never the captured activation.
+  follows (``ReLU(inplace=True)``) changes the copy, never the captured activation. A layer
+  that returns a tuple (Hugging Face blocks return ``(hidden_states, ...)``) is captured on its
+  first tensor.
 - Gradients come from ``torch.autograd.grad(sum_n S[n], A)``: with respect to the captured
   activations only, never ``backward()`` into the parameters, whose ``.grad`` stays untouched.
 - A module called several times per forward (a shared activation module) is captured at its
   last call. Each module's call count is remembered per model, so from the second capture on
   the earlier calls run untouched and autograd starts at the last one.
-- What a probe forward learns (the automatic layer per input shape, call counts) is kept per
-  model, weakly (``camkit.provider.ModelTable``), so one-call ``camkit.explain`` pays for the
-  probe only once and no model is kept alive by camkit.
+- The layer table (every module's output shape and layout, see :func:`_layout_of`) comes from
+  one probe forward per model and input shapes, remembered weakly; so does what a probe learns
+  of call counts and fallbacks. camkit keeps no model alive.
 - Hooks, train/eval flags and the grad mode are restored on every exit path, and every call
   that runs the model holds the model's lock: forward hooks fire for any thread that calls the
   model, so two captures must never overlap on one model.
@@ -44,6 +46,9 @@ from camkit.provider import (
     Capture,
     InputError,
     LayerError,
+    LayerTable,
+    Layout,
+    ModelInputs,
     Precision,
     ScoredTarget,
     Target,
@@ -52,10 +57,33 @@ from camkit.provider import (
 __all__ = ["TorchProvider"]
 
 Hook = Callable[[torch.nn.Module, Any, Any], Any]
+nn = torch.nn
 #: What torch says when an op needs contiguous inputs (``view`` on channels-last memory).
 _NEEDS_CONTIGUOUS = re.compile(r"contiguous|view size is not compatible")
 #: What torch says when tensors of different batch sizes meet (a concatenation, ``view(1, -1)``).
 _BATCH_MISMATCH = re.compile(r"size|shape|dimension", re.IGNORECASE)
+#: Modules whose outputs are channels-first ``(N, C, *S)`` by their definition.
+_CHANNELS_FIRST = (
+    nn.modules.conv._ConvNd,
+    nn.modules.batchnorm._BatchNorm,
+    nn.modules.instancenorm._InstanceNorm,
+    nn.GroupNorm,
+    nn.LocalResponseNorm,
+    nn.modules.pooling._MaxPoolNd,
+    nn.modules.pooling._AvgPoolNd,
+    nn.modules.pooling._AdaptiveAvgPoolNd,
+    nn.modules.pooling._AdaptiveMaxPoolNd,
+    nn.modules.pooling._LPPoolNd,
+    nn.modules.padding._ConstantPadNd,
+    nn.modules.padding._ReflectionPadNd,
+    nn.modules.padding._ReplicationPadNd,
+    nn.Upsample,
+    nn.PixelShuffle,
+    nn.PixelUnshuffle,
+    nn.modules.dropout._DropoutNd,
+)
+#: Modules that act on their input's last axis: on a feature map that axis is the channels.
+_LAST_AXIS = (nn.LayerNorm, nn.Linear)
 
 
 class _ModelFacts:
@@ -68,10 +96,6 @@ class _ModelFacts:
 
 
 _FACTS: kit.ModelTable[_ModelFacts] = kit.ModelTable(_ModelFacts)
-
-
-def _is_feature_map(shape: tuple[int, ...]) -> bool:
-    return len(shape) == 4 and shape[2] * shape[3] > 1  # (N, C, H, W)
 
 
 @contextlib.contextmanager
@@ -87,6 +111,25 @@ def _hooked(modules: Mapping[str, torch.nn.Module], hook: Callable[[str], Hook])
             handle.remove()
 
 
+def _first_tensor(value: Any) -> torch.Tensor | None:
+    """A module's output as a tensor: itself, or the first tensor of a tuple or list."""
+    if isinstance(value, torch.Tensor):
+        return value
+    if isinstance(value, tuple | list):
+        return next((item for item in value if isinstance(item, torch.Tensor)), None)
+    return None
+
+
+def _with_first(value: Any, tensor: torch.Tensor) -> Any:
+    """``value`` with its first tensor replaced by ``tensor``."""
+    if isinstance(value, torch.Tensor):
+        return tensor
+    items = list(value)
+    index = next(i for i, item in enumerate(items) if isinstance(item, torch.Tensor))
+    items[index] = tensor
+    return type(value)(items) if isinstance(value, list) else tuple(items)
+
+
 def _batch_size(outputs: Any) -> int | None:
     """The leading size of the first tensor in (possibly nested) outputs."""
     if isinstance(outputs, torch.Tensor):
@@ -98,6 +141,27 @@ def _batch_size(outputs: Any) -> int | None:
             if size is not None:
                 return size
     return None
+
+
+def _layout_of(
+    module: torch.nn.Module, given: torch.Tensor | None, output: torch.Tensor,
+    known: Mapping[int, Layout], rank: int,
+) -> Layout | None:  # fmt: skip
+    """The layout of ``module``'s ``output`` as far as PyTorch says: its ``data_format``
+    (Hugging Face's ConvNeXt norms), a channels-first module type, a norm or linear layer
+    acting on the last axis (channels-last on a feature map; tokens on ``(N, T, C)`` over an
+    image), else the layout of the tensor it was given (an activation, a container) or of the
+    tensor it returns (a container returning a child's output); ``None`` if none says."""
+    own = getattr(module, "data_format", None)
+    if own in ("channels_first", "channels_last"):
+        return own  # type: ignore[no-any-return]
+    if isinstance(module, _CHANNELS_FIRST):
+        return "channels_first"
+    if isinstance(module, _LAST_AXIS) and given is not None and given.ndim == output.ndim >= 3:
+        return "tokens" if output.ndim == 3 and rank >= 2 else "channels_last"
+    if given is not None and id(given) in known and given.shape == output.shape:
+        return known[id(given)]
+    return known.get(id(output))
 
 
 class TorchProvider:
@@ -139,41 +203,66 @@ class TorchProvider:
     def resolve_layer(self, layer: object) -> str:
         return kit.find_layer(layer, self._modules(), self._name)
 
-    def default_layer(self, inputs: Any) -> str:
-        x = self._prepare(inputs)
-        return kit.automatic_layer(self.model, tuple(x.shape), lambda: self._probe(x))
+    def layers(self, inputs: ModelInputs) -> LayerTable:
+        prepared = self._prepare(inputs)
+        return kit.layer_table(self.model, prepared.signature(), lambda: self._probe(prepared))
 
-    def _probe(self, x: torch.Tensor) -> str:
-        """Run the model once, recording every module's output shape in call order."""
-        calls: list[tuple[str, tuple[int, ...]]] = []
+    def _probe(self, inputs: ModelInputs) -> LayerTable:
+        """Run the model once, recording every module's output shape and layout in order."""
+        image = inputs.image
+        rank = image.ndim - 2
+        known: dict[int, Layout] = {id(image): "channels_first"}  # torch takes NCHW inputs
+        seen: list[torch.Tensor] = [image]  # alive, so that no id is reused during the probe
+        calls: list[tuple[str, tuple[int, ...], Layout | None]] = []
 
         def record(name: str) -> Hook:
             def hook(module: torch.nn.Module, args: Any, output: Any) -> None:
-                if isinstance(output, torch.Tensor):
-                    calls.append((name, tuple(output.shape)))
+                tensor = _first_tensor(output)
+                if tensor is None:
+                    return
+                layout = _layout_of(module, _first_tensor(args), tensor, known, rank)
+                if layout is not None:
+                    known[id(tensor)] = layout
+                    seen.append(tensor)
+                calls.append((name, tuple(tensor.shape), layout))
 
             return hook
 
         with self._lock, _hooked(self._modules(), record), self._evaluating(), torch.no_grad():
-            self._forward(x)
-        self._facts.calls.update(Counter(name for name, _ in calls))
-        return kit.last_spatial_layer(calls, _is_feature_map, self._name, tuple(x.shape))
+            self._forward(inputs)
+        self._facts.calls.update(Counter(name for name, _, _ in calls))
+        # a feature map no module vouches for is channels-first, as torch's convolutions take
+        # them, unless the model also makes channels-last ones: then a guess could be wrong
+        channels_last = any(lay == "channels_last" and len(s) == rank + 2 for _, s, lay in calls)
+        resolved = [
+            (name, shape, layout or self._default_layout(len(shape), rank, channels_last))
+            for name, shape, layout in calls
+        ]
+        return LayerTable.of(resolved, self.input_size(inputs))
+
+    @staticmethod
+    def _default_layout(ndim: int, rank: int, channels_last: bool) -> Layout | None:
+        if ndim == rank + 2:
+            return None if channels_last else "channels_first"
+        if ndim == 3 and rank >= 2:
+            return "tokens"  # (N, T, C) in a model of images: a transformer's tokens
+        return None
 
     # -- capture --------------------------------------------------------------------------
 
     def capture(
-        self, inputs: Any, layers: Sequence[str], target: Target, *, gradients: bool
+        self, inputs: ModelInputs, layers: Sequence[str], target: Target, *, gradients: bool
     ) -> Capture:
-        x = self._prepare(inputs)
+        prepared = self._prepare(inputs)
         with self._lock:
             for _ in range(2):  # a second try only if a shared layer was called fewer times
-                result = self._capture_once(x, layers, target, gradients)
+                result = self._capture_once(prepared, layers, target, gradients)
                 if result is not None:
                     return result
         raise LayerError(f"layers {list(layers)!r} were not captured; their call count varies")
 
     def _capture_once(
-        self, x: torch.Tensor, layers: Sequence[str], target: Target, gradients: bool
+        self, inputs: ModelInputs, layers: Sequence[str], target: Target, gradients: bool
     ) -> Capture | None:
         modules = self._modules()
         expected = {name: self._facts.calls.get(name, 1) for name in layers}
@@ -185,31 +274,32 @@ class TorchProvider:
                 calls[name] += 1
                 if calls[name] < expected[name]:
                     return None
-                if not isinstance(output, torch.Tensor):
+                tensor = _first_tensor(output)
+                if tensor is None:
                     raise LayerError(
                         f"layer {name!r} returns {type(output).__name__}, not a tensor; choose "
                         "one of its submodules that returns a tensor"
                     )
                 if not gradients:
-                    captured[name] = output.detach().clone()
+                    captured[name] = tensor.detach().clone()
                     return None
-                if torch.is_grad_enabled() and output.requires_grad:
-                    activation = output  # already on the graph an earlier layer started
+                if torch.is_grad_enabled() and tensor.requires_grad:
+                    activation = tensor  # already on the graph an earlier layer started
                 else:
                     torch.set_grad_enabled(True)
-                    activation = output.detach().requires_grad_()
+                    activation = tensor.detach().requires_grad_()
                 captured[name] = activation
-                return activation.clone()
+                return _with_first(output, activation.clone())
 
             return hook
 
-        count = int(x.shape[0])
+        count = inputs.count
         grad_mode = torch.is_grad_enabled()
         chosen = {name: modules[name] for name in layers}
         try:
             with _hooked(chosen, capture_hook), self._evaluating(), torch.inference_mode(False):
                 with torch.no_grad():
-                    outputs = self._forward(x)
+                    outputs = self._forward(inputs)
                     scored = kit.score_outputs(target, outputs, count)
                 missing = [name for name in layers if name not in captured]
                 if missing:
@@ -260,12 +350,12 @@ class TorchProvider:
 
     # -- forward passes without capture (perturbation methods, metrics) ---------------------
 
-    def core_inputs(self, inputs: Any) -> torch.Tensor:
-        """The validated inputs, ``(N, C, H, W)`` float32 on the model's device."""
-        return self._prepare(inputs).float()
+    def core_inputs(self, inputs: ModelInputs) -> torch.Tensor:
+        """The validated image, ``(N, C, *S)`` float32 on the model's device."""
+        return self._prepare(inputs).image.float()
 
-    def native_inputs(self, x: torch.Tensor) -> torch.Tensor:
-        """Channels-first float32 inputs in the model's dtype, for ``capture``."""
+    def native_image(self, x: torch.Tensor) -> torch.Tensor:
+        """A channels-first float32 image in the model's dtype."""
         return self._model_dtype(x)
 
     @contextlib.contextmanager
@@ -289,38 +379,42 @@ class TorchProvider:
         return kit.score_outputs(target, outputs, count)
 
     def forward_scores(
-        self, x: torch.Tensor, target: Target, *, precision: Precision
+        self, inputs: ModelInputs, target: Target, *, precision: Precision
     ) -> ScoredTarget:
-        """The target's scores of a channels-first batch (as from ``core_inputs``).
+        """The target's scores of ``inputs`` (the image as from ``native_image``).
 
-        The batch is handed to the model in the channels-last memory format (the same tensor
+        The image is handed to the model in the channels-last memory format (the same tensor
         values, laid out NHWC), which the convolutions of PyTorch's CPU and cuDNN backends run
         faster: on EfficientNet-Lite0 on 2 CPU cores a batch of 32 took 1.23 s instead of
         1.71 s. A model that needs contiguous inputs (it calls ``view`` on them) is remembered
         and given them instead; any other error is the model's own.
         """
-        x = self._model_dtype(x)
-        with self._scoring(precision, x.device):
-            return self._scored(self._forward_batch(x), target, int(x.shape[0]))
+        prepared = self._prepare(inputs)
+        with self._scoring(precision, prepared.image.device):
+            return self._scored(self._forward_batch(prepared), target, prepared.count)
 
-    def _forward_batch(self, x: torch.Tensor) -> Any:
-        """A forward pass on channels-last inputs, or contiguous ones where the model needs."""
-        with self._running(x):
-            if x.ndim == 4 and not self._facts.needs_contiguous_inputs:
+    def _forward_batch(self, inputs: ModelInputs) -> Any:
+        """A forward pass on a channels-last image, or a contiguous one where the model
+        needs."""
+        image = inputs.image
+        formats = {4: torch.channels_last, 5: torch.channels_last_3d}
+        with self._running(inputs):
+            if image.ndim in formats and not self._facts.needs_contiguous_inputs:
                 try:
-                    return self.model(x.contiguous(memory_format=torch.channels_last))
+                    laid_out = image.contiguous(memory_format=formats[image.ndim])
+                    return self._call(inputs.with_image(laid_out))
                 except RuntimeError as error:
                     if not _NEEDS_CONTIGUOUS.search(str(error)):
                         raise
                     self._facts.needs_contiguous_inputs = True
-            return self.model(x)
+            return self._call(inputs)
 
     def forward_from_layer(
-        self, x: torch.Tensor, layer: str, activations: torch.Tensor, target: Target,
+        self, inputs: ModelInputs, layer: str, activations: torch.Tensor, target: Target,
         *, precision: Precision,
     ) -> ScoredTarget:  # fmt: skip
-        """Scores of one sample ``x`` ``(1, ...)`` with ``layer``'s output replaced by each row
-        of ``activations`` ``(B, ...)``.
+        """Scores of one sample's ``inputs`` with ``layer``'s output replaced by each row of
+        ``activations`` ``(B, ...)``.
 
         The forward runs on the one sample up to the layer, whose hook hands on the ``B``
         replacements, so the prefix runs once; a model whose later layers mix in earlier
@@ -330,26 +424,30 @@ class TorchProvider:
         """
         module = self._modules()[layer]
         count = int(activations.shape[0])
-        x = self._model_dtype(x)
-        with self._scoring(precision, x.device):
+        prepared = self._prepare(inputs)
+        with self._scoring(precision, prepared.image.device):
             if layer not in self._facts.calls:
-                self._facts.calls[layer] = self._count_calls(x, module)
+                self._facts.calls[layer] = self._count_calls(prepared, module)
             expected = self._facts.calls[layer]
             calls: Counter[str] = Counter()
 
             def replace(name: str) -> Hook:
                 def hook(module: torch.nn.Module, args: Any, output: Any) -> Any:
                     calls[name] += 1
-                    return activations.to(output.dtype) if calls[name] == expected else None
+                    if calls[name] != expected:
+                        return None
+                    tensor = _first_tensor(output)
+                    dtype = tensor.dtype if tensor is not None else activations.dtype
+                    return _with_first(output, activations.to(dtype))
 
                 return hook
 
             with _hooked({layer: module}, replace):
                 outputs: Any = None
                 if layer not in self._facts.repeats_prefix:
-                    with self._running(x):
+                    with self._running(prepared):
                         try:
-                            outputs = self.model(x)
+                            outputs = self._call(prepared)
                         except RuntimeError as error:
                             out_of_memory = isinstance(error, torch.OutOfMemoryError)
                             if out_of_memory or not _BATCH_MISMATCH.search(str(error)):
@@ -359,7 +457,11 @@ class TorchProvider:
                         outputs = None
                 if outputs is None:
                     calls.clear()
-                    outputs = self._forward_batch(x.expand(count, *x.shape[1:]))
+                    image = prepared.image
+                    copies = prepared.rows(
+                        np.zeros(count, np.int64), image.expand(count, *image.shape[1:])
+                    )
+                    outputs = self._forward_batch(copies)
             if calls[layer] == 0:
                 raise LayerError(
                     f"layer {layer!r} was not called during the forward pass of {self._name}; "
@@ -367,7 +469,7 @@ class TorchProvider:
                 )
             return self._scored(outputs, target, count)
 
-    def _count_calls(self, x: torch.Tensor, module: torch.nn.Module) -> int:
+    def _count_calls(self, inputs: ModelInputs, module: torch.nn.Module) -> int:
         """How many times ``module`` runs in one forward pass (a shared module, several)."""
         calls: list[int] = []
 
@@ -375,7 +477,7 @@ class TorchProvider:
             return lambda *args: calls.append(1)
 
         with _hooked({"layer": module}, count):
-            self._forward(x)
+            self._forward(inputs)
         return max(len(calls), 1)
 
     # -- helpers --------------------------------------------------------------------------
@@ -384,12 +486,19 @@ class TorchProvider:
         reference = self._reference()
         return x if reference is None else x.to(reference.dtype)
 
-    def _running(self, x: torch.Tensor) -> contextlib.AbstractContextManager[None]:
-        return kit.running_model(self._name, tuple(x.shape), str(x.dtype), channels_last=False)
+    def _running(self, inputs: ModelInputs) -> contextlib.AbstractContextManager[None]:
+        image = inputs.image
+        return kit.running_model(
+            self._name, tuple(image.shape), str(image.dtype), channels_last=False
+        )
 
-    def _forward(self, x: torch.Tensor) -> Any:
-        with self._running(x):
-            return self.model(x)
+    def _call(self, inputs: ModelInputs) -> Any:
+        args, kwargs = inputs.call_arguments()
+        return self.model(*args, **kwargs)
+
+    def _forward(self, inputs: ModelInputs) -> Any:
+        with self._running(inputs):
+            return self._call(inputs)
 
     @contextlib.contextmanager
     def _evaluating(self) -> Iterator[None]:
@@ -407,7 +516,9 @@ class TorchProvider:
     def _reference(self) -> torch.Tensor | None:
         return next(itertools.chain(self.model.parameters(), self.model.buffers()), None)
 
-    def _prepare(self, inputs: Any) -> torch.Tensor:
+    def _prepare(self, inputs: ModelInputs) -> ModelInputs:
+        """The inputs with the image checked and every numpy array a tensor on the model's
+        device (the image, and floating arrays, in the model's dtype)."""
         reference = self._reference()
         if reference is not None and reference.device.type == "meta":
             raise InputError(
@@ -415,30 +526,39 @@ class TorchProvider:
                 "to explain; materialize the model first (model.to_empty(device='cpu') and "
                 "model.load_state_dict(...))"
             )
-        if isinstance(inputs, np.ndarray):
-            floating = np.issubdtype(inputs.dtype, np.floating)
-            kit.check_batch(inputs.shape, str(inputs.dtype), floating=floating)
-            tensor = torch.from_numpy(np.ascontiguousarray(inputs))
-            if reference is not None:
-                tensor = tensor.to(reference.device, reference.dtype)
-            inputs = tensor
-        if not isinstance(inputs, torch.Tensor):
+        image = inputs.image
+        if isinstance(image, np.ndarray):
+            floating = np.issubdtype(image.dtype, np.floating)
+            kit.check_image(image.shape, str(image.dtype), floating=floating)
+        elif not isinstance(image, torch.Tensor):
             raise InputError(
-                f"inputs must be a torch.Tensor or a numpy array, got {type(inputs).__qualname__}"
+                f"inputs must be a torch.Tensor or a numpy array, got {type(image).__qualname__}"
             )
-        floating = inputs.is_floating_point()
-        kit.check_batch(tuple(inputs.shape), str(inputs.dtype), floating=floating)
-        if reference is not None and inputs.device != reference.device:
+        converted = inputs.map_inputs(self._tensor)
+        image = converted.image
+        kit.check_image(tuple(image.shape), str(image.dtype), floating=image.is_floating_point())
+        if reference is not None and image.device != reference.device:
             raise InputError(
-                f"inputs are on {inputs.device} but the model is on {reference.device}; move "
+                f"inputs are on {image.device} but the model is on {reference.device}; move "
                 f"them with inputs.to({str(reference.device)!r})"
             )
-        if reference is not None and inputs.dtype != reference.dtype:
+        if reference is not None and image.dtype != reference.dtype:
             raise InputError(
-                f"inputs have dtype {inputs.dtype} but the model's parameters are "
+                f"inputs have dtype {image.dtype} but the model's parameters are "
                 f"{reference.dtype}; convert them with inputs.to({reference.dtype})"
             )
-        return inputs
+        return converted
+
+    def _tensor(self, array: Any) -> Any:
+        """A numpy array as a tensor on the model's device (floating ones in its dtype)."""
+        if not isinstance(array, np.ndarray):
+            return array
+        tensor = torch.from_numpy(np.ascontiguousarray(array))
+        reference = self._reference()
+        if reference is None:
+            return tensor
+        dtype = reference.dtype if tensor.is_floating_point() else tensor.dtype
+        return tensor.to(reference.device, dtype)
 
     # -- the rest of the protocol ---------------------------------------------------------
 
@@ -462,8 +582,8 @@ class TorchProvider:
             )
         return weight.detach().float()
 
-    def input_size(self, inputs: Any) -> tuple[int, int]:
-        return int(inputs.shape[-2]), int(inputs.shape[-1])
+    def input_size(self, inputs: ModelInputs) -> tuple[int, ...]:
+        return kit.image_size(tuple(inputs.image.shape))
 
     def to_numpy(self, array: torch.Tensor) -> np.ndarray:
         array = array.detach()

@@ -33,7 +33,7 @@ class Kind:
     """One model kind: the model, valid inputs and what camkit must leave unchanged.
 
     ``faulty(error)`` builds a model of this kind whose forward raises ``error``;
-    ``dict_outputs()`` one that returns ``{"logits": ...}``; ``scalar``/``vector`` make the
+    ``dict_outputs(key)`` one that returns ``{key: logits}``; ``scalar``/``vector`` make the
     framework's own 0-d and 1-d integer arrays; ``wrong_layout`` are the inputs in the other
     channel layout; ``unused_layer`` names a layer the forward pass never calls (``None`` where
     the kind cannot have one).
@@ -49,7 +49,7 @@ class Kind:
     unused_layer: str | None
     snapshot: Callable[[], Any]
     faulty: Callable[[BaseException], Any]
-    dict_outputs: Callable[[], Any]
+    dict_outputs: Callable[[str], Any]
     scalar: Callable[[int], Any]
     vector: Callable[[list[int]], Any]
     channels_last: bool
@@ -73,7 +73,9 @@ def torch_kind() -> Kind:
     from torch import nn
 
     class Net(nn.Module):
-        def __init__(self, fail: BaseException | None = None, as_dict: bool = False) -> None:
+        def __init__(
+            self, fail: BaseException | None = None, output_key: str | None = None
+        ) -> None:
             super().__init__()
             self.conv1 = nn.Conv2d(3, 4, 3, padding=1)
             self.bn = nn.BatchNorm2d(4)
@@ -84,14 +86,14 @@ def torch_kind() -> Kind:
             self.fc = nn.Linear(4, CLASSES)
             self.spare = nn.Conv2d(4, 4, 1)
             self.fail = fail
-            self.as_dict = as_dict
+            self.output_key = output_key
 
         def forward(self, x: Any) -> Any:
             x = self.relu2(self.conv2(self.relu1(self.bn(self.conv1(x)))))
             if self.fail is not None:
                 raise self.fail
             logits = self.fc(self.drop(x.mean((2, 3))))
-            return {"logits": logits} if self.as_dict else logits
+            return {self.output_key: logits} if self.output_key else logits
 
     def build(**options: Any) -> Any:
         torch.manual_seed(0)
@@ -127,7 +129,7 @@ def torch_kind() -> Kind:
         unused_layer="spare",
         snapshot=snapshot,
         faulty=lambda error: build(fail=error),
-        dict_outputs=lambda: build(as_dict=True),
+        dict_outputs=lambda key: build(output_key=key),
         scalar=lambda i: torch.tensor(i),
         vector=lambda v: torch.tensor(v),
         channels_last=False,
@@ -195,11 +197,11 @@ def keras_kind(style: str) -> Kind:
     import keras
     import tensorflow as tf
 
-    def build(fail: BaseException | None = None, as_dict: bool = False) -> Any:
+    def build(fail: BaseException | None = None, output_key: str | None = None) -> Any:
         keras.utils.set_random_seed(0)
         head = _keras_head(keras)
         extra = [] if fail is None else [_raising_layer(keras, fail)]
-        if style == "sequential" and not as_dict:
+        if style == "sequential" and not output_key:
             model = keras.Sequential(
                 [keras.Input((SIZE, SIZE, 3)), *_keras_layers(keras), *extra, *head]
             )
@@ -214,7 +216,7 @@ def keras_kind(style: str) -> Kind:
                 def call(self, x: Any, training: bool = False) -> Any:
                     for layer in self.blocks:
                         x = layer(x, training=training)
-                    return {"logits": x} if as_dict else x
+                    return {output_key: x} if output_key else x
 
             model = Subclassed()
             with warnings.catch_warnings():  # Keras: "build() was called ... unbuilt state"
@@ -233,7 +235,7 @@ def keras_kind(style: str) -> Kind:
                     x = layer(x)
             for layer in [*extra, *head]:
                 x = layer(x)
-            model = keras.Model(inputs, {"logits": x} if as_dict else x)
+            model = keras.Model(inputs, {output_key: x} if output_key else x)
         bn = [w for w in model.weights if "moving" in w.path]
         for weight in bn:  # non-trivial running statistics
             weight.assign(np.linspace(0.5, 1.5, weight.shape[0]).astype(np.float32))
@@ -254,7 +256,7 @@ def keras_kind(style: str) -> Kind:
         unused_layer="spare" if style == "subclassed" else None,
         snapshot=_keras_snapshot(model),
         faulty=lambda error: build(fail=error),
-        dict_outputs=lambda: build(as_dict=True),
+        dict_outputs=lambda key: build(output_key=key),
         scalar=lambda i: tf.constant(i),
         vector=lambda v: tf.constant(v),
         channels_last=True,
@@ -284,7 +286,9 @@ def nnx_kind() -> Kind:
     from flax import nnx
 
     class Net(nnx.Module):
-        def __init__(self, fail: BaseException | None = None, as_dict: bool = False) -> None:
+        def __init__(
+            self, fail: BaseException | None = None, output_key: str | None = None
+        ) -> None:
             rngs = nnx.Rngs(0)
             self.conv1 = nnx.Conv(3, 4, (3, 3), rngs=rngs)
             self.bn = nnx.BatchNorm(4, rngs=rngs)
@@ -293,7 +297,7 @@ def nnx_kind() -> Kind:
             self.fc = nnx.Linear(4, CLASSES, rngs=rngs)
             self.spare = nnx.Conv(4, 4, (1, 1), rngs=rngs)
             self.fail = fail
-            self.as_dict = as_dict
+            self.output_key = output_key
             self.bn.mean[...] = jnp.linspace(-0.2, 0.2, 4)
             self.bn.var[...] = jnp.linspace(0.5, 1.5, 4)
 
@@ -302,7 +306,7 @@ def nnx_kind() -> Kind:
             if self.fail is not None:
                 raise self.fail
             logits = self.fc(self.drop(x.mean((1, 2))))
-            return {"logits": logits} if self.as_dict else logits
+            return {self.output_key: logits} if self.output_key else logits
 
     model = Net()
     model.train()  # the user's mode; camkit explains an eval-mode copy
@@ -325,7 +329,7 @@ def nnx_kind() -> Kind:
         unused_layer="spare",
         snapshot=snapshot,
         faulty=lambda error: Net(fail=error),
-        dict_outputs=lambda: Net(as_dict=True),
+        dict_outputs=lambda key: Net(output_key=key),
         scalar=lambda i: jnp.asarray(i),
         vector=lambda v: jnp.asarray(v),
         channels_last=True,
@@ -339,7 +343,7 @@ def linen_kind() -> Kind:
 
     class Net(linen.Module):
         fail: Any = None
-        as_dict: bool = False
+        output_key: str | None = None
 
         @linen.compact
         def __call__(self, x: Any) -> Any:
@@ -349,7 +353,7 @@ def linen_kind() -> Kind:
             if self.fail is not None:
                 raise self.fail
             logits = linen.Dense(CLASSES, name="fc")(x.mean((1, 2)))
-            return {"logits": logits} if self.as_dict else logits
+            return {self.output_key: logits} if self.output_key else logits
 
     channels_last = IMAGES.transpose(0, 2, 3, 1).copy()
     variables = Net().init(jax.random.PRNGKey(0), jnp.asarray(channels_last))
@@ -366,7 +370,7 @@ def linen_kind() -> Kind:
         unused_layer=None,
         snapshot=_jax_tree_snapshot(lambda: variables),
         faulty=lambda error: (Net(fail=error), variables),
-        dict_outputs=lambda: (Net(as_dict=True), variables),
+        dict_outputs=lambda key: (Net(output_key=key), variables),
         scalar=lambda i: jnp.asarray(i),
         vector=lambda v: jnp.asarray(v),
         channels_last=True,
@@ -384,23 +388,25 @@ def equinox_kind() -> Kind:
         fc: eqx.nn.Linear
         spare: eqx.nn.Conv2d
         fail: Any = eqx.field(static=True, default=None)
-        as_dict: bool = eqx.field(static=True, default=False)
+        output_key: str | None = eqx.field(static=True, default=None)
 
-        def __init__(self, fail: BaseException | None = None, as_dict: bool = False) -> None:
+        def __init__(
+            self, fail: BaseException | None = None, output_key: str | None = None
+        ) -> None:
             k1, k2, k3, k4 = jax.random.split(jax.random.PRNGKey(0), 4)
             self.conv1 = eqx.nn.Conv2d(3, 4, 3, padding=1, key=k1)
             self.conv2 = eqx.nn.Conv2d(4, 4, 3, padding=1, key=k2)
             self.fc = eqx.nn.Linear(4, CLASSES, key=k3)
             self.spare = eqx.nn.Conv2d(4, 4, 1, key=k4)
             self.fail = fail
-            self.as_dict = as_dict
+            self.output_key = output_key
 
         def __call__(self, x: Any) -> Any:  # one image (C, H, W)
             x = jax.nn.relu(self.conv2(jax.nn.relu(self.conv1(x))))
             if self.fail is not None:
                 raise self.fail
             logits = self.fc(x.mean((1, 2)))
-            return {"logits": logits} if self.as_dict else logits
+            return {self.output_key: logits} if self.output_key else logits
 
     model = Net()
     return Kind(
@@ -414,7 +420,7 @@ def equinox_kind() -> Kind:
         unused_layer="spare",
         snapshot=_jax_tree_snapshot(lambda: eqx.filter(model, eqx.is_array)),
         faulty=lambda error: Net(fail=error),
-        dict_outputs=lambda: Net(as_dict=True),
+        dict_outputs=lambda key: Net(output_key=key),
         scalar=lambda i: jnp.asarray(i),
         vector=lambda v: jnp.asarray(v),
         channels_last=False,
@@ -442,12 +448,12 @@ def function_kind() -> Kind:
     def head(p: Any, a: Any) -> Any:
         return a.mean((1, 2)) @ p["dense"]
 
-    def build(fail: BaseException | None = None, as_dict: bool = False) -> Any:
+    def build(fail: BaseException | None = None, output_key: str | None = None) -> Any:
         def faulty_head(p: Any, a: Any) -> Any:
             if fail is not None:
                 raise fail
             logits = head(p, a)
-            return {"logits": logits} if as_dict else logits
+            return {output_key: logits} if output_key else logits
 
         return camkit_jax.FunctionSplit(features, faulty_head, params)
 
@@ -463,7 +469,7 @@ def function_kind() -> Kind:
         unused_layer=None,
         snapshot=_jax_tree_snapshot(lambda: params),
         faulty=lambda error: build(fail=error),
-        dict_outputs=lambda: build(as_dict=True),
+        dict_outputs=lambda key: build(output_key=key),
         scalar=lambda i: jnp.asarray(i),
         vector=lambda v: jnp.asarray(v),
         channels_last=True,

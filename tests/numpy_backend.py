@@ -59,13 +59,20 @@ class NumpyProvider:
             raise camkit.LayerError(f"layer={layer!r} is unknown; use one of {self.layer_names()}")
         return str(layer)
 
-    def default_layer(self, inputs: Any) -> str:
-        return "features"
+    def layers(self, inputs: kit.ModelInputs) -> kit.LayerTable:
+        model = self.model
+        if isinstance(model, StaticModel):
+            shapes = {name: model.layer(name)[0].shape for name in self.layer_names()}
+        else:  # the model's input is its feature map
+            shapes = {"features": np.shape(inputs.image)}
+        calls = [(name, tuple(shape), "channels_first") for name, shape in shapes.items()]
+        return kit.LayerTable.of(calls, self.input_size(inputs))
 
     def capture(
-        self, inputs: Any, layers: Sequence[str], target: Target, *, gradients: bool
+        self, inputs: kit.ModelInputs, layers: Sequence[str], target: Target, *, gradients: bool
     ) -> camkit.Capture:
         model = self.model
+        inputs = inputs.image
         if isinstance(model, StaticModel):
             pairs = [model.layer(name) for name in layers]
             outputs = model.outputs
@@ -91,19 +98,21 @@ class NumpyProvider:
             indices=scored.indices,
         )
 
-    def core_inputs(self, inputs: Any) -> np.ndarray:
-        return np.asarray(inputs, dtype=np.float32)
+    def core_inputs(self, inputs: kit.ModelInputs) -> np.ndarray:
+        return np.asarray(inputs.image, dtype=np.float32)
 
-    def native_inputs(self, x: np.ndarray) -> np.ndarray:
+    def native_image(self, x: np.ndarray) -> np.ndarray:
         return x
 
-    def forward_scores(self, x: np.ndarray, target: Target, *, precision: str) -> Any:
+    def forward_scores(self, inputs: kit.ModelInputs, target: Target, *, precision: str) -> Any:
+        x = inputs.image
         self.model.batches.append(int(x.shape[0]))
         return kit.score_outputs(target, self.model(x), len(x))
 
     def forward_from_layer(
-        self, x: np.ndarray, layer: str, activations: np.ndarray, target: Target, *, precision: str
-    ) -> Any:
+        self, inputs: kit.ModelInputs, layer: str, activations: np.ndarray, target: Target,
+        *, precision: str,
+    ) -> Any:  # fmt: skip
         # "features" is the input itself, so the model from the layer on is the whole model
         self.model.batches.append(int(activations.shape[0]))
         return kit.score_outputs(target, self.model(activations), len(activations))
@@ -114,8 +123,10 @@ class NumpyProvider:
             weights = getattr(self.model, "weights", None)
         return weights
 
-    def input_size(self, inputs: Any) -> tuple[int, int]:
-        return tuple(np.asarray(inputs).shape[-2:])  # type: ignore[return-value]
+    def input_size(self, inputs: kit.ModelInputs) -> tuple[int, ...]:
+        if isinstance(self.model, StaticModel):  # no inputs: the maps are the layer's own size
+            return tuple(self.model.activations.shape[2:])
+        return tuple(np.asarray(inputs.image).shape[2:])
 
     def to_numpy(self, array: Any) -> np.ndarray:
         return np.asarray(array)

@@ -190,7 +190,7 @@ def test_model_left_as_found(nnx_model):
 def test_errors(nnx_model):
     with pytest.raises(camkit.LayerError, match="closest valid names.*'conv2'"):
         camkit.explain(nnx_model, X, layer="conv3")
-    with pytest.raises(camkit.InputError, match=r"\(N, H, W, C\), channels-last.*inputs\[None\]"):
+    with pytest.raises(camkit.ModelError, match=r"one image rather than .* inputs\[None\]"):
         camkit.explain(nnx_model, X[0])
     with pytest.raises(camkit.InputError, match="floating-point"):
         camkit.explain(nnx_model, X.astype(np.int32))

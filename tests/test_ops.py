@@ -44,7 +44,7 @@ def test_resize_matches_torch_interpolate(size):
     expected = torch.nn.functional.interpolate(
         torch.from_numpy(M)[:, None], size=size, mode="bilinear", align_corners=False
     )[:, 0].numpy()
-    np.testing.assert_allclose(_ops.resize_bilinear(M, size), expected, atol=1e-6)
+    np.testing.assert_allclose(_ops.resize_linear(M, size), expected, atol=1e-6)
 
 
 @pytest.mark.parametrize("size", [(10, 8), (224, 224), (7, 13)])
@@ -52,7 +52,7 @@ def test_resize_matches_opencv(size):
     import cv2
 
     expected = np.stack([cv2.resize(m, size[::-1], interpolation=cv2.INTER_LINEAR) for m in M])
-    np.testing.assert_allclose(_ops.resize_bilinear(M, size), expected, atol=1e-5)
+    np.testing.assert_allclose(_ops.resize_linear(M, size), expected, atol=1e-5)
 
 
 def test_resize_rows_are_a_partition_of_unity():
@@ -72,7 +72,7 @@ def test_fusion_modes():
 
 def test_tokens_to_grid_drops_the_class_token():
     tokens = rng.normal(size=(2, 1 + 9, 4)).astype(np.float32)
-    grid = _ops.tokens_to_grid(tokens)
+    grid = _ops.tokens_to_grid(tokens, (24, 24))  # 3 x 3 patches of 8 pixels
     assert grid.shape == (2, 4, 3, 3)
     # patch (row 1, column 2) is token 1 + 1 * 3 + 2
     np.testing.assert_array_equal(grid[:, :, 1, 2], tokens[:, 1 + 5, :])
@@ -80,17 +80,59 @@ def test_tokens_to_grid_drops_the_class_token():
 
 def test_tokens_to_grid_with_registers_and_non_square_grid():
     tokens = rng.normal(size=(1, 5 + 2 * 6, 3)).astype(np.float32)  # class + 4 registers
-    grid = _ops.tokens_to_grid(tokens, grid=(2, 6))
+    grid = _ops.tokens_to_grid(tokens, (32, 96), grid=(2, 6))
     assert grid.shape == (1, 3, 2, 6)
     np.testing.assert_array_equal(grid[0, :, 1, 0], tokens[0, 5 + 6])
-    inferred = _ops.tokens_to_grid(rng.normal(size=(1, 5 + 16, 3)).astype(np.float32))
-    assert inferred.shape == (1, 3, 4, 4)  # 21 tokens: the fewest dropped for a square is 5
+    # found from the inputs' shape: 2 x 6 patches of 16 pixels after 5 leading tokens
+    np.testing.assert_array_equal(_ops.tokens_to_grid(tokens, (32, 96)), grid)
+
+
+@pytest.mark.parametrize(
+    ("count", "size", "expected"),
+    [
+        (197, (224, 224), (1, (14, 14))),  # ViT-B/16: a class token
+        (198, (224, 224), (2, (14, 14))),  # DeiT: class and distillation tokens
+        (261, (224, 224), (5, (16, 16))),  # ViT-S/14 with 4 registers
+        (141, (224, 160), (1, (14, 10))),  # a non-square input
+        (3136, (224, 224), (0, (56, 56))),  # a Swin stage: no prefix, stride 4
+        (64, (30, 30), (0, (8, 8))),  # padded to a multiple of the stride (Swin, stride 4)
+    ],
+)
+def test_token_grids_are_found_from_the_inputs_shape(count, size, expected):
+    assert _ops.token_grid(count, size) == expected
 
 
 def test_tokens_to_grid_explains_a_bad_grid():
     tokens = np.zeros((1, 10, 3), np.float32)
-    with pytest.raises(InputError, match=r"prefix_tokens \+ h \* w == 10"):
-        _ops.tokens_to_grid(tokens, grid=(4, 4))
+    with pytest.raises(InputError, match=r"prefix_tokens \+ the grid's cells == 10"):
+        _ops.tokens_to_grid(tokens, (8, 8), grid=(4, 4))
+    with pytest.raises(InputError, match="pass grid="):
+        _ops.tokens_to_grid(np.zeros((1, 7, 3), np.float32), (100, 10))
+
+
+def test_one_and_three_spatial_axes_by_hand():
+    x = np.arange(12, dtype=np.float32).reshape(1, 2, 6)  # a signal: 2 channels, 6 samples
+    np.testing.assert_allclose(_ops.spatial_mean(x), [[2.5, 8.5]])
+    # 2 * [0..5] - [6..11] = [-6, -5, ..., -1]
+    weighted = _ops.weighted_channel_sum(np.array([[2, -1]], np.float32), x)
+    np.testing.assert_allclose(weighted, [[-6, -5, -4, -3, -2, -1]])
+    np.testing.assert_allclose(_ops.normalize_minmax(weighted), [[0, 0.2, 0.4, 0.6, 0.8, 1]])
+    volume = np.arange(16, dtype=np.float32).reshape(1, 2, 2, 2, 2)  # 2 channels of 2x2x2
+    np.testing.assert_allclose(_ops.spatial_mean(volume), [[3.5, 11.5]])
+    np.testing.assert_allclose(_ops.spatial_sum(volume)[..., 0, 0, 0], [[28, 92]])
+    assert _ops.first_principal_projection(volume).shape == (1, 2, 2, 2)
+
+
+@pytest.mark.parametrize(("shape", "size", "mode"), [
+    ((2, 7), (13,), "linear"), ((2, 3, 4, 5), (6, 8, 3), "trilinear"),
+])  # fmt: skip
+def test_resize_of_signals_and_volumes_matches_torch_interpolate(shape, size, mode):
+    torch = pytest.importorskip("torch")
+    maps = rng.normal(size=shape).astype(np.float32)
+    expected = torch.nn.functional.interpolate(
+        torch.from_numpy(maps)[:, None], size=size, mode=mode, align_corners=False
+    )[:, 0].numpy()
+    np.testing.assert_allclose(_ops.resize_linear(maps, size), expected, atol=1e-5)
 
 
 def test_first_principal_projection_of_a_rank_one_map():
@@ -111,9 +153,10 @@ def _all_ops(xp_asarray):
         "weighted_channel_sum": _ops.weighted_channel_sum(w, x),
         "relu": _ops.relu(m),
         "normalize_minmax": _ops.normalize_minmax(m),
-        "resize_bilinear": _ops.resize_bilinear(m, (11, 7)),
+        "resize_linear": _ops.resize_linear(m, (11, 7)),
+        "resize_linear_3d": _ops.resize_linear(x, (4, 3, 9)),
         "fuse": _ops.fuse([m, _ops.relu(m)], "product"),
-        "tokens_to_grid": _ops.tokens_to_grid(tokens),
+        "tokens_to_grid": _ops.tokens_to_grid(tokens, (16, 16)),
         "first_principal_projection": _ops.first_principal_projection(_ops.relu(x)),
     }
 

@@ -17,6 +17,7 @@ from test_torch import SmallCNN  # noqa: E402
 
 import camkit  # noqa: E402
 from camkit import _ops  # noqa: E402
+from camkit.provider import ModelInputs  # noqa: E402
 
 TARGETS = [0, 3, 1, 4]
 
@@ -74,7 +75,7 @@ def test_torchcam_gradcampp_departs_from_the_paper(model, x):
     camkit follows eq. 19, checked by hand in test_methods_math.py."""
     peer = torchcam_maps(torchcam_methods.GradCAMpp, model, x, "conv2")
     capture = camkit.GradCAM(model, "conv2").provider.capture(
-        x, ["conv2"], camkit.targets.ClassTarget(TARGETS), gradients=True
+        ModelInputs(x), ["conv2"], camkit.targets.ClassTarget(TARGETS), gradients=True
     )
     a, g = capture.activations[0], capture.gradients[0]
     numerator_only = ((g**2 * torch.relu(g)).sum((2, 3), keepdim=True) * a).sum(1)
@@ -133,11 +134,11 @@ def test_torchcam_scorecam_normalizes_masks_before_upsampling(model, x):
     order written out by hand."""
     peer = torchcam_maps(torchcam_methods.ScoreCAM, model, x, "conv2", input_shape=(3, 16, 16))
     capture = camkit.GradCAM(model, "conv2").provider.capture(
-        x, ["conv2"], camkit.targets.ClassTarget(TARGETS), gradients=False
+        ModelInputs(x), ["conv2"], camkit.targets.ClassTarget(TARGETS), gradients=False
     )
     a = capture.activations[0]
     n, c = a.shape[:2]
-    masks = _ops.resize_bilinear(_ops.normalize_minmax(a.reshape(n * c, 8, 8)), (16, 16))
+    masks = _ops.resize_linear(_ops.normalize_minmax(a.reshape(n * c, 8, 8)), (16, 16))
     with torch.no_grad():
         logits = model((x[:, None] * masks.reshape(n, c, 1, 16, 16)).reshape(n * c, 3, 16, 16))
     chosen = logits.reshape(n, c, -1)[torch.arange(n), :, torch.tensor(TARGETS)]

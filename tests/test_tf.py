@@ -269,7 +269,7 @@ def test_errors(weights):
     two_branches = keras.Model(inputs, keras.layers.GlobalAveragePooling2D()(joined))
     with pytest.raises(camkit.LayerError, match=r"ambiguous.*\['left/conv', 'right/conv'\]"):
         camkit.explain(two_branches, X, layer="conv")
-    with pytest.raises(camkit.InputError, match=r"batch \(N, H, W, C\), channels-last"):
+    with pytest.raises(camkit.ModelError, match=r"one image rather than .* inputs\[None\]"):
         camkit.explain(model, X[0])
     with pytest.raises(camkit.InputError, match="floating-point"):
         camkit.explain(model, (X * 10).astype(np.int32))

@@ -19,10 +19,6 @@ import camkit
 from camkit import provider as kit
 
 
-def _is_feature_map(shape: tuple[int, ...]) -> bool:
-    return len(shape) == 4 and shape[2] * shape[3] > 1
-
-
 class ToyProvider:
     capabilities = frozenset({kit.CLASSIFIER_WEIGHTS, kit.FORWARD_SCORES, kit.FORWARD_FROM_LAYER})
 
@@ -42,22 +38,26 @@ class ToyProvider:
     def resolve_layer(self, layer: object) -> str:
         return kit.find_layer(layer, self._layers(), "Sequential")
 
-    def default_layer(self, inputs: Any) -> str:
+    def layers(self, inputs: kit.ModelInputs) -> kit.LayerTable:
         x = self._prepare(inputs)
-        return kit.automatic_layer(self.model, x.shape, lambda: self._probe(x))
+        return kit.layer_table(self.model, inputs.signature(), lambda: self._probe(x))
 
-    def _probe(self, x: np.ndarray) -> str:
+    def _probe(self, x: np.ndarray) -> kit.LayerTable:
         values = self._run(x)[1:]
-        calls = [(name, value.shape) for name, value in zip(self._layers(), values, strict=True)]
-        return kit.last_spatial_layer(calls, _is_feature_map, "Sequential", x.shape)
+        calls = [
+            (name, value.shape, "channels_first" if value.ndim == 4 else None)
+            for name, value in zip(self._layers(), values, strict=True)
+        ]
+        return kit.LayerTable.of(calls, self.input_size(kit.ModelInputs(x)))
 
     def _run(self, x: np.ndarray, start: int = 0) -> list[np.ndarray]:
         with self._lock, kit.running_model("Sequential", x.shape, str(x.dtype)):
             return self.model.trace(x, start)
 
     def capture(
-        self, inputs: Any, layers: Sequence[str], target: kit.Target, *, gradients: bool
-    ) -> kit.Capture:
+        self, inputs: kit.ModelInputs, layers: Sequence[str], target: kit.Target,
+        *, gradients: bool,
+    ) -> kit.Capture:  # fmt: skip
         x = self._prepare(inputs)
         values = self._run(x)
         outputs = values[-1]
@@ -94,19 +94,20 @@ class ToyProvider:
             gradient[index] = (high - low) / (2 * step)
         return gradient
 
-    def core_inputs(self, inputs: Any) -> np.ndarray:
+    def core_inputs(self, inputs: kit.ModelInputs) -> np.ndarray:
         return self._prepare(inputs).astype(np.float32)
 
-    def native_inputs(self, x: np.ndarray) -> np.ndarray:
+    def native_image(self, x: np.ndarray) -> np.ndarray:
         return np.asarray(x, np.float64)
 
     def forward_scores(
-        self, x: np.ndarray, target: kit.Target, *, precision: kit.Precision
+        self, inputs: kit.ModelInputs, target: kit.Target, *, precision: kit.Precision
     ) -> kit.ScoredTarget:
-        return kit.score_outputs(target, self._run(np.asarray(x, np.float64))[-1], len(x))
+        x = self._prepare(inputs)
+        return kit.score_outputs(target, self._run(x)[-1], len(x))
 
     def forward_from_layer(
-        self, x: np.ndarray, layer: str, activations: np.ndarray, target: kit.Target,
+        self, inputs: kit.ModelInputs, layer: str, activations: np.ndarray, target: kit.Target,
         *, precision: kit.Precision,
     ) -> kit.ScoredTarget:  # fmt: skip
         outputs = self._run(np.asarray(activations, np.float64), self._index(layer) + 1)[-1]
@@ -116,8 +117,8 @@ class ToyProvider:
         dense = [layer for layer in self.model.layers if isinstance(layer, Dense)]
         return dense[-1].weight.astype(np.float32)
 
-    def input_size(self, inputs: Any) -> tuple[int, int]:
-        return int(inputs.shape[2]), int(inputs.shape[3])
+    def input_size(self, inputs: kit.ModelInputs) -> tuple[int, ...]:
+        return kit.image_size(tuple(inputs.image.shape))
 
     def to_numpy(self, array: Any) -> np.ndarray:
         return np.asarray(array)
@@ -125,12 +126,13 @@ class ToyProvider:
     def close(self) -> None:
         pass
 
-    def _prepare(self, inputs: Any) -> np.ndarray:
-        if not isinstance(inputs, np.ndarray):
-            raise kit.InputError(f"inputs must be a numpy array, got {type(inputs).__name__}")
-        floating = np.issubdtype(inputs.dtype, np.floating)
-        kit.check_batch(inputs.shape, str(inputs.dtype), floating=floating)
-        return inputs.astype(np.float64)
+    def _prepare(self, inputs: kit.ModelInputs) -> np.ndarray:
+        image = inputs.image
+        if not isinstance(image, np.ndarray):
+            raise kit.InputError(f"inputs must be a numpy array, got {type(image).__name__}")
+        floating = np.issubdtype(image.dtype, np.floating)
+        kit.check_image(image.shape, str(image.dtype), floating=floating)
+        return image.astype(np.float64)
 
 
 BACKEND = camkit.Backend(
