@@ -56,24 +56,14 @@ def _as_rgb_uint8(image: Any, argument: str) -> np.ndarray:
     raise InputError(f"{argument} has dtype {array.dtype}; pass uint8 or float in [0, 1]")
 
 
-def overlay(image: Any, cam: Any, alpha: float = 0.5, colormap: str = "jet") -> np.ndarray:
-    """Blend a colored map over an image: ``(1 - alpha) * image + alpha * colormap(cam)``.
-
-    ``image`` is RGB ``(H, W, 3)`` (or channels-first, or grayscale), uint8 or float in
-    ``[0, 1]``. ``cam`` is one map ``(h, w)``; it is resized bilinearly to ``(H, W)``, and
-    min-max normalized if its values leave ``[0, 1]``. Returns uint8 RGB ``(H, W, 3)``.
-    """
-    alpha = _checks.number(alpha, "alpha", minimum=0, maximum=1)
-    _checks.one_of(colormap, "colormap", COLORMAPS)
-    cv2 = _cv2()
-    picture = _as_rgb_uint8(image, "image")
+def _heat(cam: Any) -> np.ndarray:
+    """One map as float32 in ``[0, 1]``: by its own range where it leaves ``[0, 1]`` (before a
+    resize can miss its extremes)."""
     heat = np.asarray(cam, dtype=np.float32)
-    if heat.ndim == 3 and heat.shape[0] == 1:
-        heat = heat[0]
-    if heat.ndim != 2 or heat.size == 0:
+    if heat.size == 0 or not 1 <= heat.ndim <= 3:
         raise InputError(
-            f"cam has shape {np.asarray(cam).shape}; overlay takes one map (h, w): pass "
-            "explanation.cams[i] for the i-th image"
+            f"cam has shape {np.asarray(cam).shape}; overlay takes one map, (h, w) for an "
+            "image, (l,) for a signal or (d, h, w) for a volume: pass explanation.cams[i]"
         )
     if not np.isfinite(heat).all():
         raise InputError(
@@ -81,16 +71,126 @@ def overlay(image: Any, cam: Any, alpha: float = 0.5, colormap: str = "jet") -> 
             "nonfinite='nan' has no map to show)"
         )
     low, high = float(np.min(heat)), float(np.max(heat))
-    if low < 0.0 or high > 1.0:  # by the map's own range, before resizing can miss its extremes
+    if low < 0.0 or high > 1.0:
         heat = (heat - low) / (high - low) if high > low else np.zeros_like(heat)
-    height, width = picture.shape[:2]
-    if heat.shape != (height, width):
-        heat = cv2.resize(heat, (width, height), interpolation=cv2.INTER_LINEAR)
+    return heat
+
+
+def _colored(heat: np.ndarray, size: tuple[int, int], colormap: str) -> np.ndarray:
+    """A ``[0, 1]`` map ``(h, w)`` resized to ``size`` ``(H, W)`` and colored, uint8 RGB."""
+    cv2 = _cv2()
+    if heat.shape != size:
+        heat = cv2.resize(heat, (size[1], size[0]), interpolation=cv2.INTER_LINEAR)
     code = getattr(cv2, f"COLORMAP_{colormap.upper()}")
     colored = cv2.applyColorMap(np.round(heat * 255.0).astype(np.uint8), code)
-    colored = cv2.cvtColor(colored, cv2.COLOR_BGR2RGB)
+    return cv2.cvtColor(colored, cv2.COLOR_BGR2RGB)  # type: ignore[no-any-return]
+
+
+def _blend(picture: np.ndarray, colored: np.ndarray, alpha: float) -> np.ndarray:
     blended = (1.0 - alpha) * picture.astype(np.float32) + alpha * colored.astype(np.float32)
     return np.clip(np.round(blended), 0, 255).astype(np.uint8)
+
+
+def _signal_picture(signal: Any, length: int, height: int) -> np.ndarray:
+    """The signal's channels, ``(L,)``, ``(C, L)`` or ``(L, C)``, drawn as dark lines on white,
+    ``(height, width)`` with at least 2 pixels a sample."""
+    cv2 = _cv2()
+    values = np.asarray(signal, dtype=np.float32)
+    if values.ndim == 1:
+        values = values[None]
+    elif values.ndim == 2 and values.shape[-1] != length and values.shape[0] == length:
+        values = values.T
+    if values.ndim != 2 or values.shape[-1] != length or not np.isfinite(values).all():
+        raise InputError(
+            f"image has shape {np.asarray(signal).shape}; with a map of {length} samples, pass "
+            f"the signal as ({length},), (channels, {length}) or ({length}, channels), finite"
+        )
+    width = max(2 * length, 256)
+    canvas = np.full((height, width, 3), 255, np.uint8)
+    low, high = float(values.min()), float(values.max())
+    scale = (high - low) or 1.0
+    xs = (np.arange(length) + 0.5) * width / length
+    for channel in values:
+        ys = (1 - (channel - low) / scale) * (height - 9) + 4
+        points = np.stack([xs, ys], axis=1).round().astype(np.int32)
+        cv2.polylines(canvas, [points], False, (20, 20, 20), 1, cv2.LINE_AA)
+    return canvas
+
+
+#: The smallest side a volume's slice is shown at.
+_SLICE_SIZE = 96
+
+
+def _volume_slices(volume: Any, depth: int, chosen: Sequence[int]) -> list[np.ndarray]:
+    """The slices ``chosen`` of a volume ``(D, H, W)``, ``(C, D, H, W)`` or ``(D, H, W, C)``
+    (C 1 or 3) as RGB uint8 images."""
+    values = np.asarray(volume)
+    if values.ndim == 4 and values.shape[0] in (1, 3) and values.shape[1] == depth:
+        values = np.moveaxis(values, 0, -1)
+    if values.ndim not in (3, 4) or values.shape[0] != depth:
+        raise InputError(
+            f"cam has shape ({depth}, ...): a volume's map of {depth} slices, but image has "
+            f"shape {np.asarray(volume).shape}; for an image pass one map, explanation.cams[i] "
+            f"for the i-th; for a volume pass it as ({depth}, H, W), (C, {depth}, H, W) or "
+            f"({depth}, H, W, C)"
+        )
+    if np.issubdtype(values.dtype, np.floating):
+        low, high = float(values.min()), float(values.max())
+        values = (values - low) / ((high - low) or 1.0)  # a volume's intensities, any unit
+    pictures = [_as_rgb_uint8(values[index], f"image[{index}]") for index in chosen]
+    scale = max(1, -(-_SLICE_SIZE // min(pictures[0].shape[:2])))  # small slices, enlarged
+    cv2 = _cv2()
+    return [
+        cv2.resize(p, (p.shape[1] * scale, p.shape[0] * scale), interpolation=cv2.INTER_NEAREST)
+        for p in pictures
+    ]
+
+
+def overlay(
+    image: Any,
+    cam: Any,
+    alpha: float = 0.5,
+    colormap: str = "jet",
+    *,
+    slices: int | Sequence[int] = 8,
+) -> np.ndarray:
+    """Blend a colored map over what it explains: ``(1 - alpha) * image + alpha * colormap(cam)``.
+
+    - An image: ``image`` RGB ``(H, W, 3)`` (or channels-first, or grayscale), uint8 or float
+      in ``[0, 1]``; ``cam`` one map ``(h, w)``, resized bilinearly to ``(H, W)``.
+    - A signal: ``cam`` ``(l,)``; ``image`` the signal ``(L,)``, ``(C, L)`` or ``(L, C)``,
+      drawn as lines over the map laid out along it.
+    - A volume: ``cam`` ``(d, h, w)`` at the volume's depth; ``image`` ``(D, H, W)``,
+      ``(C, D, H, W)`` or ``(D, H, W, C)``; ``slices`` (how many, evenly spaced, or which) are
+      shown side by side, each titled with its index.
+
+    ``cam`` is min-max normalized if its values leave ``[0, 1]``. Returns uint8 RGB.
+    """
+    alpha = _checks.number(alpha, "alpha", minimum=0, maximum=1)
+    _checks.one_of(colormap, "colormap", COLORMAPS)
+    heat = _heat(np.asarray(cam)[0] if np.ndim(cam) == 3 and np.shape(cam)[0] == 1 else cam)
+    if heat.ndim == 1:
+        picture = _signal_picture(image, len(heat), height=128)
+        strip = heat[None, :]
+        return _blend(picture, _colored(strip, picture.shape[:2], colormap), alpha)
+    if heat.ndim == 3:
+        depth = heat.shape[0]
+        chosen = (
+            np.linspace(0, depth - 1, min(_checks.positive_int(slices, "slices"), depth))
+            .round().astype(int).tolist()
+            if not isinstance(slices, list | tuple)
+            else [_checks.non_negative_int(index, "slices") for index in slices]
+        )  # fmt: skip
+        if any(index >= depth for index in chosen):
+            raise InputError(f"slices={slices!r} reaches past the map's {depth} slices")
+        pictures = _volume_slices(image, depth, chosen)
+        tiles = [
+            overlay(picture, heat[index], alpha, colormap)
+            for picture, index in zip(pictures, chosen, strict=True)
+        ]
+        return image_grid(tiles, titles=[f"slice {index}" for index in chosen])
+    picture = _as_rgb_uint8(image, "image")
+    return _blend(picture, _colored(heat, picture.shape[:2], colormap), alpha)
 
 
 def image_grid(

@@ -49,7 +49,7 @@ def test_raw_maps_are_normalized():
     [
         (IMAGE[..., :2], CAM, {}, r"image has shape \(20, 30, 2\)"),
         (IMAGE * 2.0, CAM, {}, "float images must lie in"),
-        (IMAGE, np.stack([CAM, CAM]), {}, r"cam has shape \(2, 5, 6\).*cams\[i\]"),
+        (IMAGE, np.stack([CAM, CAM]), {}, r"cam has shape \(2, ...\).*cams\[i\]"),
         (IMAGE, CAM, {"colormap": "rainbowish"}, "colormap='rainbowish'"),
         (IMAGE, CAM, {"alpha": 2}, "alpha=2"),
     ],
@@ -68,3 +68,29 @@ def test_grid_layout():
     assert titled.shape[0] > 20 + 8 and titled.shape[1] == 3 * (30 + 4) + 4
     with pytest.raises(camkit.InputError, match="titles has 1 entries for 3 images"):
         camkit.image_grid(tiles, titles=["a"])
+
+
+def test_a_signal_is_drawn_over_its_map():
+    signal = np.stack([np.sin(np.linspace(0, 6, 50)), np.cos(np.linspace(0, 6, 50))])  # (C, L)
+    cam = np.zeros(50, np.float32)
+    cam[10] = 1.0  # the hot spot is a fifth of the way along
+    out = camkit.overlay(signal, cam, alpha=1.0)
+    assert out.shape == (128, 256, 3) and out.dtype == np.uint8
+    hottest = int(np.argmax(out[:, :, 0].astype(int) - out[:, :, 2].astype(int), axis=1)[64])
+    assert abs(hottest - 10.5 * 256 / 50) <= 6  # red where the map peaks, along the signal
+    assert np.array_equal(camkit.overlay(signal.T, cam, alpha=1.0), out)  # (L, C) alike
+    with pytest.raises(camkit.InputError, match="signal as \\(50,\\)"):
+        camkit.overlay(np.zeros((3, 49)), cam)
+
+
+def test_a_volume_is_shown_as_slices():
+    volume = rng.uniform(size=(6, 20, 24))
+    cam = rng.uniform(size=(6, 5, 6)).astype(np.float32)
+    out = camkit.overlay(volume, cam, slices=3)  # slices 0, 2 (rounded from 2.5) and 5
+    single = camkit.overlay(volume, cam, slices=[2])
+    assert out.dtype == np.uint8 and out.shape[1] > 3 * 96 and single.shape[1] < out.shape[1]
+    assert np.array_equal(camkit.overlay(volume[None], cam, slices=3), out)  # (C, D, H, W)
+    with pytest.raises(camkit.InputError, match="slices=\\[9\\] reaches past the map's 6"):
+        camkit.overlay(volume, cam, slices=[9])
+    with pytest.raises(camkit.InputError, match="map of 6 slices.*\\(C, 6, H, W\\)"):
+        camkit.overlay(volume[:4], cam)
