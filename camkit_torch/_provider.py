@@ -80,7 +80,9 @@ _CHANNELS_FIRST = (
     nn.Upsample,
     nn.PixelShuffle,
     nn.PixelUnshuffle,
-    nn.modules.dropout._DropoutNd,
+    nn.Dropout1d,  # drops whole channels; a plain Dropout is elementwise and says nothing
+    nn.Dropout2d,
+    nn.Dropout3d,
 )
 #: Modules that act on their input's last axis: on a feature map that axis is the channels.
 _LAST_AXIS = (nn.LayerNorm, nn.Linear)
