@@ -187,8 +187,8 @@ def fuse(maps: Sequence[Array], how: Fusion) -> Array:
 
 #: The most leading tokens (class, distillation, registers) a token layer is searched for.
 MAX_PREFIX_TOKENS = 16
-#: How far the strides a token grid implies along the input's axes may differ (padding).
-_STRIDE_TOLERANCE = 1.2
+#: How far the strides a map implies along an image's two axes may differ (padding).
+STRIDE_TOLERANCE = 1.2
 
 
 def _factorizations(count: int, rank: int) -> list[tuple[int, ...]]:
@@ -206,7 +206,7 @@ def _grid_for(patches: int, input_size: Sequence[int], exact: bool) -> tuple[int
     """The grid of ``patches`` tokens over an input of ``input_size``: the factorization whose
     strides ``input_size[i] / grid[i]`` agree best, if they agree within the tolerance (or, if
     ``exact``, are one and the same whole number)."""
-    best, spread = None, _STRIDE_TOLERANCE
+    best, spread = None, STRIDE_TOLERANCE
     for grid in _factorizations(patches, len(input_size)):
         strides = [size / cells for size, cells in zip(input_size, grid, strict=True)]
         ratio = max(strides) / min(strides)

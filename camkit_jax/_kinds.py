@@ -328,7 +328,9 @@ class EquinoxKind:
             paths: frozenset[str] | None,
         ) -> Any:  # fmt: skip
             model = eqx.combine(params, static)
-            for path in paths if paths is not None else every_path:
+            chosen = paths if paths is not None else every_path
+            # the deepest first: a wrapped parent no longer has its children as attributes
+            for path in sorted(chosen, key=lambda p: p.count("."), reverse=True):
                 getter = functools.partial(_get_path, parts=path.split("."))
                 model = eqx.tree_at(
                     getter, model, replace_fn=lambda inner, p=path: intercepted(inner, p, intercept)
