@@ -125,12 +125,12 @@ def as_model_inputs(
     """Check and record what the user passed as ``inputs``, ``forward_kwargs`` and ``image``."""
     if isinstance(inputs, ModelInputs):
         return inputs
-    kwargs = dict(forward_kwargs or {})
     if forward_kwargs is not None and not isinstance(forward_kwargs, Mapping):
         raise InputError(
             f"forward_kwargs={forward_kwargs!r} is not valid; pass a dict of keyword arguments "
             "for the model's forward pass"
         )
+    kwargs = dict(forward_kwargs or {})
     if isinstance(inputs, list):
         raise InputError(
             f"inputs is a list of {len(inputs)} items; pass one array (a batch: np.stack the "

@@ -55,8 +55,8 @@ def spatial_shape(
 ) -> tuple[int, ...] | None:
     """The spatial shape of a layer's output of ``shape`` in ``layout``, for inputs of spatial
     ``input_size``; ``None`` where it has none that maps onto the inputs: as many axes as the
-    inputs, none larger, and for images one stride along both (within 20%: a padded
-    convolution; video's time axis may have a stride of its own)."""
+    inputs and, for images, one stride along both (within 20%: a padded convolution; video's
+    time axis may have a stride of its own)."""
     if layout == "channels_first":
         spatial = tuple(shape[2:])
     elif layout == "channels_last":
@@ -69,8 +69,6 @@ def spatial_shape(
         except InputError:
             return None
     if len(spatial) != len(input_size) or math.prod(spatial) < 2:
-        return None
-    if any(cells > size for cells, size in zip(spatial, input_size, strict=True)):
         return None
     strides = [size / cells for size, cells in zip(input_size, spatial, strict=True)]
     if len(spatial) == 2 and max(strides) > _ops.STRIDE_TOLERANCE * min(strides):
