@@ -85,6 +85,7 @@ def test_torch():
     torch.manual_seed(0)
     net = Net().eval()
     image, meta = torch.from_numpy(IMAGES), torch.from_numpy(META)
+
     def alone(i):
         return Alone(net, meta[i : i + 1]).eval()
 
@@ -214,7 +215,9 @@ def test_equinox():
 
 def test_a_list_of_images_is_refused_with_the_fix():
     torch = pytest.importorskip("torch")
-    model = torch.nn.Sequential(torch.nn.Conv2d(3, 2, 1), torch.nn.Flatten(), torch.nn.LazyLinear(2))
+    model = torch.nn.Sequential(
+        torch.nn.Conv2d(3, 2, 1), torch.nn.Flatten(), torch.nn.LazyLinear(2)
+    )
     with pytest.raises(camkit.InputError, match="a list of 2 items; pass one array .*np.stack"):
         camkit.explain(model, [IMAGES[0], IMAGES[1]])
     with pytest.raises(camkit.InputError, match="none of the 2 inputs is an array with spatial"):
