@@ -446,3 +446,25 @@ def test_a_layer_sweep_is_not_reported_as_retracing(weights, caplog):
         logger.removeHandler(caplog.handler)
     assert not [r for r in caplog.records if "retracing" in r.getMessage()]
     assert camkit.GradCAM(model).provider.traces == 6
+
+
+def test_layouts_from_keras_layers():
+    """A normalization's ``axis`` says channels-first after a ``Permute``; the ``Permute``
+    itself says nothing, so in this model (which has both layouts) it needs ``layout=``."""
+    inputs = keras.Input((12, 12, 3))
+    x = keras.layers.Conv2D(4, 3, padding="same", name="conv")(inputs)
+    x = keras.layers.Permute((3, 1, 2), name="to_first")(x)
+    x = keras.layers.BatchNormalization(axis=1, name="bn")(x)
+    x = keras.layers.GlobalAveragePooling2D(data_format="channels_first", name="pool")(x)
+    model = keras.Model(inputs, keras.layers.Dense(3, name="fc")(x))
+    table = camkit.layers(model, X)
+    assert table["conv"].layout == "channels_last"
+    assert table["bn"].layout == "channels_first"
+    assert table["to_first"].layout is None
+    with pytest.raises(camkit.LayerError, match="'to_first'.*layout="):
+        camkit.explain(model, X, layer="to_first")
+    by_hand = camkit.explain(model, X, "gradcam", "to_first", layout="channels_first", **RAW)
+    np.testing.assert_allclose(
+        by_hand.cams, camkit.explain(model, X, "gradcam", "conv", **RAW).cams, atol=1e-5
+    )  # the same tensor, read in its own layout
+    assert camkit.explain(model, X).layers == ("bn",)

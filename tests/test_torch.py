@@ -151,7 +151,11 @@ def test_fully_frozen_model_still_has_gradients(model, x):
         ({"target": 9}, camkit.TargetError, "target=9 is out of range: the model has 5 outputs"),
         ({"target": [0, 1]}, camkit.TargetError, "2 indices for a batch of 3"),
         ({"layer": "conv3"}, camkit.LayerError, "closest valid names.*'conv1'"),
-        ({"layer": "fc"}, camkit.LayerError, r"layer .fc. outputs shape \(3, 5\), which has no"),
+        (
+            {"layer": "fc"},
+            camkit.LayerError,
+            r"layer .fc. outputs shape \(3, 5\), which has no.*include: .conv1. \(3, 6, 12, 12\)",
+        ),
         ({"method": "gradcam+"}, camkit.InputError, "closest valid names.*'gradcam'"),
         ({"size": (0, 3)}, camkit.InputError, "size="),
         ({"normalize": "l2"}, camkit.InputError, "normalize='l2'"),
