@@ -59,6 +59,17 @@ def _installed(*modules: str) -> bool:
     return all(importlib.util.find_spec(m) is not None for m in modules)
 
 
+def keras_on_tensorflow() -> Any:
+    """Keras, for a test that needs it on TensorFlow; the test is skipped where it is not."""
+    import pytest
+
+    pytest.importorskip("tensorflow")
+    keras = pytest.importorskip("keras")
+    if keras.backend.backend() != "tensorflow":
+        pytest.skip("Keras runs on another backend here")
+    return keras
+
+
 def _tf_ready() -> bool:
     return _installed("tensorflow") and os.environ.get("KERAS_BACKEND", "tensorflow") == (
         "tensorflow"

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from model_kinds import keras_on_tensorflow
 
 import camkit
 
@@ -76,10 +77,7 @@ def torch_model(rank: int):
 
 
 def keras_model(rank: int):
-    pytest.importorskip("tensorflow")
-    keras = pytest.importorskip("keras")
-    if keras.backend.backend() != "tensorflow":
-        pytest.skip("Keras runs on another backend here")
+    keras = keras_on_tensorflow()
     layers = keras.layers
     conv = {1: layers.Conv1D, 3: layers.Conv3D}[rank]
     pad = {1: layers.ZeroPadding1D, 3: layers.ZeroPadding3D}[rank]

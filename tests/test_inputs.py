@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from model_kinds import keras_on_tensorflow
 
 import camkit
 
@@ -95,10 +96,7 @@ def test_torch():
 
 
 def test_keras():
-    pytest.importorskip("tensorflow")
-    keras = pytest.importorskip("keras")
-    if keras.backend.backend() != "tensorflow":
-        pytest.skip("Keras runs on another backend here")
+    keras = keras_on_tensorflow()
     layers = keras.layers
     keras.utils.set_random_seed(0)
     conv = layers.Conv2D(4, 3, padding="same", name="conv")

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from model_kinds import keras_on_tensorflow
 
 import camkit
 
@@ -98,10 +99,7 @@ def test_flax_nnx():
 
 
 def test_keras():
-    pytest.importorskip("tensorflow")
-    keras = pytest.importorskip("keras")
-    if keras.backend.backend() != "tensorflow":
-        pytest.skip("Keras runs on another backend here")
+    keras = keras_on_tensorflow()
     layers = keras.layers
 
     class ClassToken(layers.Layer):
