@@ -57,6 +57,12 @@ class CAM(ChannelWeightedMethod):
                 "CAM weights channels by one class's classifier weights, so target= must be a "
                 "class (None, an index, or one index per sample), not a callable"
             )
+        if (self.provider.to_numpy(capture.indices) < 0).any():
+            raise TargetError(
+                "CAM weights channels by a class's classifier weights, but some of the target's "
+                "scores have no class (a box no prediction matched); use a gradient method for "
+                "such targets"
+            )
         weights = self._classifier_weights()
         if weights.shape[1] != activations.shape[1]:
             raise LayerError(

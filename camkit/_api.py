@@ -23,7 +23,7 @@ from ._inputs import as_model_inputs
 from ._layout import LayerTable
 from ._perturbation import ISCAM, SSCAM, AblationCAM, FasterScoreCAM, ScoreCAM
 from ._registry import provider_for
-from ._targets import TargetLike
+from ._scoring import TargetLike
 
 __all__ = ["explain", "layers", "methods"]
 

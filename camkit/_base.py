@@ -10,6 +10,10 @@ pipeline around it is the same for every method:
    to the output size, then a per-map min-max normalization if ``normalize == "minmax"``;
 3. several layers are fused (mean, max or product) and the fused map normalized again.
 
+A target with ``K`` scores per sample (``TopK``, a box per map, ...) is captured once, with
+``K`` gradients per layer; the pipeline then runs on ``N * K`` virtual samples (each sample's
+activations repeated, one gradient each) and its maps come back as ``(N, K, *S)``.
+
 Everything up to the final maps runs in the backend's namespace, on the model's device. Only the
 final maps and scores come back to the host, and they are what non-finite inputs are detected
 from: no extra check waits on the device.
@@ -26,6 +30,7 @@ from dataclasses import dataclass
 from typing import Any, ClassVar, Literal
 
 import numpy as np
+from array_api_compat import array_namespace
 
 from . import _checks, _ops
 from ._choose import choose_layer
@@ -41,7 +46,8 @@ from ._protocol import (
     capability,
 )
 from ._registry import provider_for
-from ._targets import Target, TargetLike, as_target
+from ._scoring import TargetLike, as_target
+from ._targets import Target
 
 __all__ = [
     "CamMethod",
@@ -67,7 +73,10 @@ class Explanation:
     ``(N, D, H, W)`` for volumes), in ``[0, 1]`` when normalized; ``targets`` ``(N,)`` int64,
     the output index each map explains (``-1`` for a callable target); ``scores`` ``(N,)``
     float32, the target score of each sample; ``layers`` the layers' names as the backend knows
-    them; ``method`` and ``backend`` the names used.
+    them; ``method`` and ``backend`` the names used. For a target with ``K`` scores per sample
+    (``TopK(k)``, classes per sample, one per box), ``cams`` is ``(N, K, *S)`` and ``targets``
+    and ``scores`` are ``(N, K)``: ``cams[n, k]`` explains ``scores[n, k]``, of class
+    ``targets[n, k]``.
     """
 
     cams: np.ndarray
@@ -273,13 +282,20 @@ class CamMethod(ABC):
         return clone
 
     def _pipeline(self, capture: Capture, batch: Batch) -> Array:
-        """Capture -> maps ``(N, H, W)``: a pure function of the capture's arrays."""
+        """Capture -> maps ``(N, *S)``, or ``(N, K, *S)`` for ``K`` scores per sample: a pure
+        function of the capture's arrays."""
+        columns = int(capture.scores.shape[1]) if capture.scores.ndim == 2 else None
+        if columns is not None:
+            capture = _virtual_samples(capture, columns)
+            batch = dataclasses.replace(batch, columns=columns)
         maps = self._layer_maps(capture, batch)
         out_size = self._output_size(batch.size, maps)
         maps = [self._finish(m, out_size) for m in maps]
         cams = _ops.fuse(maps, self.fusion)
         if len(maps) > 1 and self.normalize == "minmax":
             cams = _ops.normalize_minmax(cams)
+        if columns is not None:
+            cams = array_namespace(cams).reshape(cams, (-1, columns, *cams.shape[1:]))
         return cams
 
     def _layer_maps(self, capture: Capture, batch: Batch) -> list[Array]:
@@ -325,14 +341,14 @@ class CamMethod(ABC):
         to_numpy = self.provider.to_numpy
         maps = np.ascontiguousarray(to_numpy(cams), dtype=np.float32)
         scores = to_numpy(capture.scores).astype(np.float32)
-        count = maps.shape[0]
         if capture.indices is None:
-            targets = np.full((count,), -1, dtype=np.int64)
+            targets = np.full(scores.shape, -1, dtype=np.int64)
         else:
             targets = to_numpy(capture.indices).astype(np.int64)
-        finite = np.isfinite(scores) & np.isfinite(maps.reshape(count, -1)).all(axis=1)
+        per_map = maps.reshape(*scores.shape, -1)  # one row per map: (N, ...) or (N, K, ...)
+        finite = np.isfinite(scores) & np.isfinite(per_map).all(axis=-1)
         if not finite.all():
-            samples = np.flatnonzero(~finite).tolist()
+            samples = sorted({int(n) for n in np.argwhere(~finite)[:, 0]})
             if self.nonfinite == "raise":
                 raise InputError(
                     f"NaN or inf: the scores or maps of samples {samples} are not finite, so "
@@ -340,7 +356,7 @@ class CamMethod(ABC):
                     "np.isfinite(inputs[i]).all() for those samples, or pass nonfinite='nan' "
                     "to get NaN maps for them"
                 )
-            maps = np.where(finite[:, None, None], maps, np.float32(np.nan))
+            maps = np.where(finite[..., None], per_map, np.float32(np.nan)).reshape(maps.shape)
         return Explanation(
             cams=maps,
             targets=targets,
@@ -386,3 +402,21 @@ class ChannelWeightedMethod(CamMethod):
     ) -> Array:
         weights = self.channel_weights(activations, gradients, capture, batch)
         return _ops.weighted_channel_sum(weights, activations)
+
+
+def _virtual_samples(capture: Capture, columns: int) -> Capture:
+    """A capture of ``K = columns`` scores per sample as ``N * K`` virtual samples, sample
+    ``n``'s score ``k`` at ``n * K + k``: activations repeated ``K`` times, gradients
+    ``(N, K, ...)``, scores and indices ``(N, K)`` flattened."""
+    xp = array_namespace(capture.scores)
+
+    def flat(array: Array) -> Array:
+        return xp.reshape(array, (-1, *array.shape[2:]))
+
+    return Capture(
+        activations=tuple(xp.repeat(a, columns, axis=0) for a in capture.activations),
+        gradients=None if capture.gradients is None else tuple(map(flat, capture.gradients)),
+        outputs=capture.outputs,
+        scores=flat(capture.scores),
+        indices=None if capture.indices is None else flat(capture.indices),
+    )

@@ -25,7 +25,7 @@ from ._errors import LayerError, TargetError
 from ._inputs import ModelInputs
 from ._layout import LayerInfo, LayerTable, to_channels_first
 from ._protocol import ActivationGradientProvider
-from ._targets import ClassTarget, SegmentationTarget, SoftmaxTarget, Target
+from ._targets import Target
 
 __all__ = ["REACH", "choose_layer"]
 
@@ -35,20 +35,14 @@ REACH = 0.5
 _CHUNK = 8
 
 
-def _first_sample(target: Target) -> Target:
-    """``target`` for the first sample of the batch alone."""
-    if isinstance(target, ClassTarget | SoftmaxTarget) and isinstance(target.index, tuple):
-        return type(target)(target.index[0])
-    if isinstance(target, SegmentationTarget) and np.ndim(target.mask) == 3:
-        return SegmentationTarget(target.class_index, target.mask[:1])
-    return target
-
-
 def _reach(provider: ActivationGradientProvider, gradient: object, info: LayerInfo,
            table: LayerTable) -> float:  # fmt: skip
-    """The share of ``info``'s positions where the gradient is not zero in every channel."""
+    """The share of ``info``'s positions where the gradient is not zero in every channel (of
+    any of the target's scores, where it has several)."""
+    xp = array_namespace(gradient)
+    if gradient.ndim == len(info.shape) + 1:  # type: ignore[attr-defined]
+        gradient = xp.sum(xp.abs(gradient), axis=1)  # (N, K, ...) -> (N, ...)
     grid = to_channels_first(gradient, info.layout, table.input_size)  # type: ignore[arg-type]
-    xp = array_namespace(grid)
     touched = xp.astype(xp.sum(xp.abs(grid), axis=1) > 0, xp.float32)
     return float(provider.to_numpy(xp.mean(touched)))
 
@@ -119,7 +113,7 @@ def choose_layer(
     if len(candidates) == 1:
         return candidates[0].name
     sample = inputs.rows(np.zeros(1, np.int64), inputs.image[:1])
-    reach = _Reach(provider, sample, _first_sample(target), table)
+    reach = _Reach(provider, sample, target.take(np.zeros(1, np.int64)), table)
     try:
         for end in range(len(candidates), 0, -_CHUNK):
             chunk = candidates[max(0, end - _CHUNK) : end]

@@ -18,7 +18,8 @@ from . import _checks, _noise, _ops
 from ._base import CamMethod, ChannelWeightedMethod
 from ._inputs import ModelInputs
 from ._protocol import FORWARD_SCORES, Batch, Capture, capability
-from ._targets import Target, rows_target
+from ._scoring import rows_target
+from ._targets import Target
 
 __all__ = [
     "GradCAM",

@@ -21,7 +21,7 @@ from array_api_compat import array_namespace, device
 
 from . import _checks, _ops
 from ._base import Explanation
-from ._errors import CapabilityError, InputError
+from ._errors import CapabilityError, InputError, TargetError
 from ._inputs import ModelInputs, as_model_inputs
 from ._progress import Progress
 from ._protocol import (
@@ -32,7 +32,8 @@ from ._protocol import (
     capability,
 )
 from ._registry import provider_for
-from ._targets import Target, TargetLike, as_target, rows_target
+from ._scoring import TargetLike, as_target, rows_target
+from ._targets import Target
 
 Array = Any
 Baseline = float | Literal["blur"] | Any
@@ -46,6 +47,12 @@ def _not_finite(values: np.ndarray) -> list[int]:
 
 
 def _maps(cams: Explanation | Any, argument: str = "cams") -> np.ndarray:
+    if isinstance(cams, Explanation) and cams.scores.ndim == 2:
+        raise InputError(
+            f"{argument} is an explanation with {cams.scores.shape[1]} maps per sample; the "
+            f"metrics take one per sample: pass {argument}.cams[:, k] (with "
+            "target=explanation.targets[:, k] for a class target)"
+        )
     maps = cams.cams if isinstance(cams, Explanation) else np.asarray(cams)
     if not 2 <= maps.ndim <= 4 or maps.size == 0:
         raise InputError(
@@ -92,6 +99,13 @@ class _Scoring:
         forward = capability(provider, FORWARD_SCORES)
         x = forward.core_inputs(model_inputs)
         scored = forward.forward_scores(model_inputs, chosen, precision="float32")
+        if scored.scores.ndim != 1:
+            raise TargetError(
+                f"camkit.metrics scores one map per sample, but the target {chosen!r} gives "
+                f"{scored.scores.shape[1]} scores per sample; measure each: pass "
+                "explanation.cams[:, k] with target=explanation.targets[:, k] (a class "
+                "target), for k in range(K)"
+            )
         bad = _not_finite(provider.to_numpy(scored.scores))
         if bad:
             raise InputError(

@@ -24,8 +24,10 @@ def register_namespace(is_array: Callable[[Any], bool], namespace: Any) -> None:
     """Make :func:`array_namespace` return ``namespace`` for arrays where ``is_array`` holds.
 
     ``namespace`` offers the Array API functions that camkit's targets call on such arrays
-    (``asarray``, ``astype``, ``sum``, ``max``, ``argmax``, ``exp``, ``where``, ``clip``,
-    ``take_along_axis``, ``permute_dims``, ``full``, ``reshape`` and the dtypes ``float32``,
+    (``asarray``, ``astype``, ``arange``, ``sum``, ``max``, ``argmax``, ``argsort``, ``exp``,
+    ``sqrt``, ``abs``, ``maximum``, ``minimum``, ``where``, ``isfinite``, ``all``,
+    ``permute_dims``, ``reshape``, ``broadcast_to``, ``stack``, ``concat``, ``zeros``,
+    ``full``, ``zeros_like``, ``ones_like``, ``full_like`` and the dtypes ``float32``,
     ``int32``, ``int64``) and ``device(x)``. Registering the same pair again does nothing.
     """
     if not any(shim == (is_array, namespace) for shim in _SHIMS):

@@ -10,7 +10,8 @@ all channels' masks), multiplies them into the image and hands the batch, with t
 inputs taken along for each row's sample, to the provider's ``forward_scores``. For Ablation-CAM
 it builds ``batch_size`` copies of the layer's output, each with one channel zeroed (along the
 layer's own channel axis), and hands them to ``forward_from_layer``. No capture hooks are
-active during these passes.
+active during these passes. A target with ``K`` scores per sample is scored whole on every
+pass, so its ``K`` maps cost the passes of one.
 """
 
 from __future__ import annotations
@@ -37,7 +38,8 @@ from ._protocol import (
     Precision,
     capability,
 )
-from ._targets import Target, rows_target
+from ._scoring import rows_target
+from ._targets import Target
 
 __all__ = ["ISCAM", "SSCAM", "AblationCAM", "FasterScoreCAM", "ScoreCAM"]
 
@@ -45,8 +47,29 @@ Array = Any
 Weighting = Literal["class-softmax", "channel-softmax"]
 
 
-def _host_indices(provider: ActivationGradientProvider, capture: Capture) -> np.ndarray | None:
-    return None if capture.indices is None else provider.to_numpy(capture.indices)
+def _host_indices(
+    provider: ActivationGradientProvider, capture: Capture, batch: Batch
+) -> np.ndarray | None:
+    """The indices the capture's target chose, per real sample: ``(N,)``, or ``(N, K)`` for
+    ``K`` scores per sample."""
+    if capture.indices is None:
+        return None
+    indices = provider.to_numpy(capture.indices)
+    return indices if batch.columns is None else indices.reshape(-1, batch.columns)
+
+
+def _real_samples(virtual: Array, batch: Batch) -> Array:
+    """The ``N`` real samples of ``N * K`` virtual ones (every ``K``-th row; see ``Batch``)."""
+    return virtual if batch.columns is None else virtual[:: batch.columns]
+
+
+def _per_score(weights: Array, batch: Batch) -> Array:
+    """Channel weights ``(N, C, K)`` of ``K`` scores per sample as ``(N * K, C)`` weights of the
+    virtual samples; ``(N, C, 1)`` as ``(N, C)``."""
+    xp = array_namespace(weights)
+    if batch.columns is None:
+        return weights[..., 0]
+    return xp.reshape(xp.permute_dims(weights, (0, 2, 1)), (-1, weights.shape[1]))
 
 
 def _filled(batch: Batch) -> tuple[Array, ModelInputs, Target]:
@@ -134,13 +157,15 @@ class ScoreCAM(CamMethod):
     def layer_map(
         self, activations: Array, gradients: None, capture: Capture, batch: Batch
     ) -> Array:
-        selected = self._selected_channels(activations)
-        scores = self._mask_scores(selected, capture, batch)
+        xp = array_namespace(activations)
+        selected = self._selected_channels(_real_samples(activations, batch))
+        scores = self._mask_scores(selected, capture, batch)  # (N, C, K)
         if self.weighting == "channel-softmax":
-            xp = array_namespace(scores)
             shifted = xp.exp(scores - xp.max(scores, axis=1, keepdims=True))
             scores = shifted / xp.sum(shifted, axis=1, keepdims=True)
-        return _ops.weighted_channel_sum(scores, selected)
+        if batch.columns is not None:
+            selected = xp.repeat(selected, batch.columns, axis=0)
+        return _ops.weighted_channel_sum(_per_score(scores, batch), selected)
 
     def _selected_channels(self, activations: Array) -> Array:
         """The channels that get a weight, ``(N, K, h, w)``: all of them here."""
@@ -152,13 +177,14 @@ class ScoreCAM(CamMethod):
         yield masks
 
     def _mask_scores(self, selected: Array, capture: Capture, batch: Batch) -> Array:
-        """``(N, K, h, w) -> (N, K)``: the mean score of ``X[n] * variant(H_k)``."""
+        """``(N, C, h, w) -> (N, C, K)``: the mean score of ``X[n] * variant(H_c)``, for each
+        of the target's ``K`` scores (``K = 1`` for one)."""
         xp = array_namespace(selected)
         provider = capability(self.provider, FORWARD_SCORES)
         count, channels = selected.shape[0], selected.shape[1]
         flat = xp.reshape(selected, (count * channels, *selected.shape[2:]))
         image, model_inputs, chosen = _filled(batch)
-        indices = _host_indices(self.provider, capture)
+        indices = _host_indices(self.provider, capture, batch)
         probability = self.weighting == "class-softmax"
         seed = _noise.run_seed(self.seed)
         progress = Progress(self.name, count * channels * self.repeats, self.progress)
@@ -181,7 +207,7 @@ class ScoreCAM(CamMethod):
                 chunks.append(total / self.repeats)
         finally:
             progress.close()
-        return xp.reshape(xp.concat(chunks), (count, channels))
+        return xp.reshape(xp.concat(chunks), (count, channels, -1))
 
 
 class FasterScoreCAM(ScoreCAM):
@@ -337,11 +363,12 @@ class AblationCAM(CamMethod):
                 "it needs the channel axis: pass layout='channels_first', 'channels_last' or "
                 "'tokens' instead of a function"
             )
+        activations = _real_samples(activations, batch)
         axis = 1 if layout == "channels_first" else activations.ndim - 1
         count, channels = activations.shape[0], activations.shape[axis]
         keep_all = 1 - xp.eye(channels, dtype=activations.dtype, device=device(activations))
         shape = [1] * activations.ndim
-        indices = _host_indices(self.provider, capture)
+        indices = _host_indices(self.provider, capture, batch)
         _, model_inputs, chosen = _filled(batch)
         progress = Progress(self.name, count * channels, self.progress)
         per_sample = []
@@ -364,7 +391,7 @@ class AblationCAM(CamMethod):
                 per_sample.append(xp.concat(chunks))
         finally:
             progress.close()
-        ablated = xp.stack(per_sample)
-        original = xp.astype(capture.scores, ablated.dtype)[:, None]
+        ablated = xp.reshape(xp.stack(per_sample), (count, channels, -1))  # (N, C, K)
+        original = xp.reshape(xp.astype(capture.scores, ablated.dtype), (count, 1, -1))
         weights = _nonzero_divide(original - ablated, original)
-        return _ops.weighted_channel_sum(weights, grid)
+        return _ops.weighted_channel_sum(_per_score(weights, batch), grid)

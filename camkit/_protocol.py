@@ -67,6 +67,10 @@ class Capture:
     ``None`` when none were asked for. ``outputs`` are the model's outputs as it returned them,
     ``scores`` ``(N,)`` float32 the target's score per sample and ``indices`` ``(N,)`` the
     output index each score was read from (``None`` for a callable target).
+
+    A target with ``K`` scores per sample gives ``scores`` and ``indices`` ``(N, K)`` and
+    gradients ``(N, K, ...)``, the layer's shape with a target axis after the batch axis:
+    ``gradients[l][:, k] = dS[:, k] / dA``, all from the one forward pass.
     """
 
     activations: tuple[Array, ...]
@@ -84,7 +88,10 @@ class Batch:
     ``layouts`` the layout each captured layer is read with. For methods that run further
     forward passes (``needs_inputs``), ``image`` is the image channels-first ``(N, C, *S)``
     from the provider's ``core_inputs``, ``inputs`` the model's inputs and ``target`` the
-    target being explained; otherwise they are ``None``.
+    target being explained; otherwise they are ``None``. ``columns`` is ``K`` while the
+    core explains a target with ``K`` scores per sample: the capture a method sees then holds
+    ``N * K`` virtual samples, sample ``n`` repeated once per score (``n * K + k``), and a
+    method that runs forward passes runs them on the ``N`` real ones (every ``K``-th row).
     """
 
     size: tuple[int, ...]
@@ -92,6 +99,7 @@ class Batch:
     image: Array | None = None
     inputs: ModelInputs | None = None
     target: Target | None = None
+    columns: int | None = None
 
 
 @runtime_checkable
@@ -124,7 +132,8 @@ class ActivationGradientProvider(Protocol):
         self, inputs: ModelInputs, layers: Sequence[str], target: Target, *, gradients: bool
     ) -> Capture:
         """Run the model once, capturing the layers' activations and, if asked, the gradients
-        of the target's summed score with respect to them (and to nothing else)."""
+        of the target's summed score with respect to them (and to nothing else); for ``(N, K)``
+        scores, of each column's sum, from one forward pass (see :class:`Capture`)."""
         ...
 
     def input_size(self, inputs: ModelInputs) -> tuple[int, ...]:

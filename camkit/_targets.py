@@ -1,49 +1,49 @@
 """Targets: what score of the model's outputs a map explains.
 
 A target turns the model's outputs into one score per sample, ``(N,)``, the quantity whose
-gradients the gradient-based methods take. Targets are written against the Array API (through
-:func:`camkit.provider.array_namespace`), so autograd and tracing (torch, JAX, TensorFlow through
-its shim) flow through them unchanged, on the model's device. A plain callable is taken to be
-written in the model's own framework and is passed the outputs untouched.
+gradients the gradient-based methods take, or ``K`` scores per sample, ``(N, K)``, for a target
+with several (classes, boxes, references), each explained by its own map. Targets are written
+against the Array API (through :func:`camkit.provider.array_namespace`), so autograd and tracing
+(torch, JAX, TensorFlow through its shim) flow through them unchanged, on the model's device. A
+plain callable is taken to be written in the model's own framework and is passed the outputs
+untouched.
 
-Every backend scores through :func:`score_outputs`, the one place where a target meets a model's
-outputs, and checks the target against the outputs' shape with :func:`check_outputs`; neither
-reads a value back from the device.
+This module holds the base class and the single-score targets; the multi-class targets are in
+``_multi``, detection in ``_boxes``, similarity in ``_similarity``, and the scoring every backend
+goes through (``score_outputs``) in ``_scoring``.
 """
 
 from __future__ import annotations
 
-import copy
 import numbers
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Hashable, Mapping, Sequence
-from dataclasses import dataclass
-from typing import Any, ClassVar
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, replace
+from typing import Any, ClassVar, Literal
 
 import numpy as np
 
-from ._errors import CamkitError, InputError, TargetError
+from ._errors import InputError, TargetError
 from ._namespace import array_namespace, device
 
 __all__ = [
     "CallableTarget",
+    "ClassScore",
     "ClassTarget",
     "RegressionTarget",
     "ScoredTarget",
     "SegmentationTarget",
+    "SigmoidTarget",
     "SoftmaxTarget",
     "Target",
-    "TargetLike",
-    "TracedTarget",
-    "as_target",
-    "check_outputs",
-    "rows_target",
-    "score_outputs",
-    "trace_target",
+    "class_scores",
 ]
 
 Array = Any
 _INT32 = np.iinfo(np.int32)
+#: How a class's output is read: its raw value, its softmax probability over the classes, or
+#: its own sigmoid probability (multi-label models, whose classes are independent).
+ClassScore = Literal["logit", "probability", "sigmoid"]
 
 
 @dataclass(frozen=True)
@@ -51,8 +51,9 @@ class ScoredTarget:
     """A target applied to a batch of outputs.
 
     ``scores`` is ``(N,)`` float32 in the outputs' namespace (differentiable where the outputs
-    are); ``indices`` is ``(N,)`` integers, the output index each score was read from, or
-    ``None`` where no single index applies (a callable target).
+    are), or ``(N, K)`` for a target with several scores per sample; ``indices``, of the same
+    shape, are the integer output index (class) each score was read from (``-1`` where a score
+    has none, an unmatched box), or ``None`` where no index applies (a callable target).
     """
 
     scores: Array
@@ -63,14 +64,21 @@ class Target(ABC):
     """Base class of framework-neutral targets; subclass it to write your own.
 
     Implement :meth:`resolve`, using ``camkit.provider.array_namespace(outputs)`` for the array
-    functions so that it runs on every backend, and optionally :meth:`check`. Class-like outputs
-    arrive channels-first, as activations do: ``(N, K)``, or ``(N, K, H, W)`` for per-pixel
-    scores, whatever the framework's own layout.
+    functions so that it runs on every backend, and optionally :meth:`check`, :meth:`arrays`
+    and :meth:`take`. Class-like outputs arrive as one array, channels-first as activations
+    are: ``(N, K)``, or ``(N, K, H, W)`` for per-pixel scores, whatever the framework's own
+    layout (the ``logits`` of outputs that carry them); a target with ``raw_outputs`` gets the
+    outputs as the model returns them instead.
     """
+
+    #: Whether :meth:`resolve` is given the outputs as the model returns them (a tuple, a dict,
+    #: a list of per-image dicts), untouched, rather than as one channels-first array.
+    raw_outputs: ClassVar[bool] = False
 
     @abstractmethod
     def resolve(self, outputs: Array) -> ScoredTarget:
-        """Score a batch of outputs, ``(N, ...) -> (N,)``."""
+        """Score a batch of outputs, ``(N, ...) -> (N,)``, or ``(N, K)`` for ``K`` maps per
+        sample."""
 
     def check(self, shape: tuple[int, ...], count: int) -> None:  # noqa: B027 - optional
         """Raise :class:`~camkit.TargetError` where this target cannot score outputs of
@@ -87,26 +95,11 @@ class Target(ABC):
         default, no fields, compiles once per target value."""
         return {}
 
-
-#: On a target whose data fields are bound to a compiler's traced arrays: the static target
-#: (those fields ``None``), whose checks can run on shapes alone while tracing; the full checks
-#: run after the compiled call (:func:`check_outputs`).
-_STATIC = "_camkit_static"
-
-
-def _with_fields(
-    target: Target, fields: Mapping[str, Any], *, static: Target | None = None
-) -> Target:
-    """A copy of ``target`` with ``fields`` set, bypassing ``__init__`` and its checks (the
-    values may be arrays traced by a compiler, bound to the ``static`` target)."""
-    if not fields:
-        return target
-    bound = copy.copy(target)
-    for name, value in fields.items():
-        object.__setattr__(bound, name, value)
-    if static is not None:
-        object.__setattr__(bound, _STATIC, static)
-    return bound
+    def take(self, rows: np.ndarray) -> Target:
+        """This target for a batch whose row ``b`` is sample ``rows[b]`` of the batch it was
+        made for: per-sample data (an index per sample, a mask or boxes per sample) follows
+        its sample. The default, for a target without per-sample data, is the target itself."""
+        return self
 
 
 # -- class indices -----------------------------------------------------------------------------
@@ -213,6 +206,20 @@ def _pick(values: Array, indices: Array) -> Array:
     return xp.sum(values * hot, axis=1)
 
 
+def class_scores(outputs: Array, score: ClassScore) -> Array:
+    """``(N, K)`` class outputs read as ``score``: the outputs themselves (``"logit"``), their
+    softmax over the classes (``"probability"``), or each one's sigmoid (``"sigmoid"``)."""
+    xp = array_namespace(outputs)
+    if score == "logit":
+        return outputs
+    if score == "probability":
+        shifted = xp.exp(outputs - xp.max(outputs, axis=1, keepdims=True))
+        return shifted / xp.sum(shifted, axis=1, keepdims=True)
+    # 1 / (1 + e^-y) from e = e^-|y| <= 1: neither branch overflows, so neither gradient is NaN
+    small = xp.exp(-xp.abs(outputs))
+    return xp.where(outputs >= 0, 1 / (1 + small), small / (1 + small))
+
+
 @dataclass(frozen=True)
 class _ClassIndexTarget(Target):
     """A target reading one class per sample: ``index`` as given, checked and traced alike."""
@@ -230,6 +237,15 @@ class _ClassIndexTarget(Target):
     def arrays(self, count: int) -> dict[str, np.ndarray]:
         return {"index": _index_array(self.index, count, self.argument)}  # type: ignore[arg-type]
 
+    def take(self, rows: np.ndarray) -> Target:
+        if not isinstance(self.index, tuple):
+            return self
+        return replace(self, index=tuple(self.index[int(row)] for row in rows))
+
+    def _scores(self, outputs: Array, score: ClassScore) -> ScoredTarget:
+        indices = _chosen_indices(self.index, outputs)
+        return ScoredTarget(_pick(class_scores(outputs, score), indices), indices)
+
 
 @dataclass(frozen=True)
 class ClassTarget(_ClassIndexTarget):
@@ -243,8 +259,7 @@ class ClassTarget(_ClassIndexTarget):
     argument: ClassVar[str] = "target"
 
     def resolve(self, outputs: Array) -> ScoredTarget:
-        indices = _chosen_indices(self.index, outputs)
-        return ScoredTarget(_pick(outputs, indices), indices)
+        return self._scores(outputs, "logit")
 
 
 @dataclass(frozen=True)
@@ -257,11 +272,24 @@ class SoftmaxTarget(_ClassIndexTarget):
     argument: ClassVar[str] = "SoftmaxTarget.index"
 
     def resolve(self, outputs: Array) -> ScoredTarget:
-        xp = array_namespace(outputs)
-        indices = _chosen_indices(self.index, outputs)
-        shifted = xp.exp(outputs - xp.max(outputs, axis=1, keepdims=True))
-        probabilities = shifted / xp.sum(shifted, axis=1, keepdims=True)
-        return ScoredTarget(_pick(probabilities, indices), indices)
+        return self._scores(outputs, "probability")
+
+
+@dataclass(frozen=True)
+class SigmoidTarget(_ClassIndexTarget):
+    """The sigmoid probability of a class, for multi-label models whose classes are independent:
+    ``S[n] = 1 / (1 + exp(-y[n, k_n]))``.
+
+    ``index`` as for :class:`ClassTarget` (``None``: each sample's highest-scoring class). Its
+    gradient is the logit's times ``S (1 - S)``, one positive factor per sample, so the maps of
+    methods linear in the gradients (Grad-CAM, XGradCAM, HiResCAM) equal the logit's once
+    normalized; the others differ.
+    """
+
+    argument: ClassVar[str] = "SigmoidTarget.index"
+
+    def resolve(self, outputs: Array) -> ScoredTarget:
+        return self._scores(outputs, "sigmoid")
 
 
 @dataclass(frozen=True)
@@ -342,210 +370,22 @@ class SegmentationTarget(Target):
         scores = xp.sum(plane, axis=(1, 2))
         return ScoredTarget(scores, xp.full_like(scores, self.class_index, dtype=xp.int32))
 
+    def take(self, rows: np.ndarray) -> Target:
+        if np.ndim(self.mask) != 3:
+            return self
+        xp = array_namespace(self.mask)
+        picked = xp.take(self.mask, xp.asarray(rows, device=device(self.mask)), axis=0)
+        return SegmentationTarget(self.class_index, picked)
+
 
 @dataclass(frozen=True)
 class CallableTarget(Target):
     """A score function written in the model's own framework: ``fn(outputs) -> (N,)``, given
-    the outputs exactly as the model returns them (a tensor, a tuple, a dict...)."""
+    the outputs exactly as the model returns them (a tensor, a tuple, a dict...). For several
+    maps per sample, subclass :class:`Target` and return ``(N, K)`` scores."""
 
     fn: Callable[[Any], Any]
+    raw_outputs: ClassVar[bool] = True
 
     def resolve(self, outputs: Array) -> ScoredTarget:
         return ScoredTarget(self.fn(outputs), None)
-
-
-TargetLike = Target | int | Sequence[int] | Callable[[Any], Any] | None
-
-
-def as_target(target: TargetLike) -> Target:
-    """Turn what a user passes as ``target=`` into a :class:`Target`."""
-    if isinstance(target, Target):
-        return target
-    if isinstance(target, str | bytes):
-        raise InputError(
-            f"target={target!r} is a string; pass a class index (an int), one index per "
-            "sample, None for the top-1 class, a camkit.targets object, or a callable"
-        )
-    if callable(target):
-        return CallableTarget(target)
-    return ClassTarget(target)  # type: ignore[arg-type]
-
-
-def rows_target(
-    target: Target, indices: np.ndarray | None, rows: np.ndarray, *, probability: bool
-) -> Target:
-    """``target`` for a batch whose row ``b`` is a perturbed copy of sample ``rows[b]``.
-
-    A class target is pinned to the classes ``indices`` ``(N,)`` it chose on the unperturbed
-    samples (a top-1 target must not follow a perturbed input to another class), as softmax
-    probabilities if ``probability``; a per-sample segmentation mask follows its sample. Other
-    targets score every row the same way and are returned as they are.
-    """
-    if isinstance(target, ClassTarget | SoftmaxTarget) and indices is not None:
-        chosen = tuple(int(i) for i in np.asarray(indices)[rows])
-        if probability or isinstance(target, SoftmaxTarget):
-            return SoftmaxTarget(chosen)
-        return ClassTarget(chosen)
-    if isinstance(target, SegmentationTarget) and np.ndim(target.mask) == 3:
-        xp = array_namespace(target.mask)
-        picked = xp.take(target.mask, xp.asarray(rows, device=device(target.mask)), axis=0)
-        return SegmentationTarget(target.class_index, picked)
-    return target
-
-
-# -- scoring: the one place a target meets a model's outputs -----------------------------------
-
-
-def _describe(value: Any) -> str:
-    shape = getattr(value, "shape", None)
-    if shape is None or isinstance(value, Mapping):
-        return type(value).__name__
-    return f"an array of shape {tuple(shape)}"
-
-
-def _shape(value: Any) -> tuple[int | None, ...] | None:
-    """The shape of an array (``None`` for an unknown size), or ``None`` for anything else."""
-    if not _is_array(value):
-        return None
-    try:
-        return tuple(value.shape)
-    except (TypeError, ValueError):  # a TensorFlow shape of unknown rank
-        return None
-
-
-def _is_array(value: Any) -> bool:
-    return hasattr(value, "shape") and hasattr(value, "dtype") and not isinstance(value, Mapping)
-
-
-def _channels_first(outputs: Array) -> Array:
-    """Per-pixel outputs ``(N, ..., K)`` of a channels-last model as ``(N, K, ...)``."""
-    if outputs.ndim < 3:
-        return outputs
-    order = (0, outputs.ndim - 1, *range(1, outputs.ndim - 1))
-    return array_namespace(outputs).permute_dims(outputs, order)
-
-
-def _logits(outputs: Any) -> Any:
-    """Outputs that carry ``logits`` (Hugging Face's ``ModelOutput``, a dict with that key):
-    the logits; other outputs as they are."""
-    if _is_array(outputs):
-        return outputs
-    found = outputs.get("logits") if isinstance(outputs, Mapping) else None
-    found = getattr(outputs, "logits", None) if found is None else found
-    return found if _is_array(found) else outputs
-
-
-def _array_outputs(target: Target, outputs: Any, channels_last: bool) -> Any:
-    """What ``target.resolve`` is given: the outputs untouched for a callable, else the
-    outputs as one channels-first array (their ``logits`` where they carry them), or a
-    :class:`TargetError` naming the fix."""
-    if isinstance(target, CallableTarget):
-        return outputs
-    outputs = _logits(outputs)
-    if not _is_array(outputs) or len(outputs.shape) == 0:
-        raise TargetError(
-            f"the model returns {_describe(outputs)}, not an array of scores (N, ...) nor "
-            "outputs with logits; pass target= a callable that takes those outputs and "
-            "returns one score per sample"
-        )
-    return _channels_first(outputs) if channels_last else outputs
-
-
-def score_outputs(
-    target: Target, outputs: Any, count: int | None, *, channels_last: bool = False
-) -> ScoredTarget:
-    """The scores ``(N,)`` float32 and indices of ``target`` on a model's ``outputs`` for a
-    batch of ``count`` samples (``None`` where a compiler left the batch size open), in the
-    outputs' namespace and traceable (no value is read).
-
-    Outputs that carry ``logits`` (a Hugging Face ``ModelOutput``, a dict with that key) are
-    scored on them. The target's own checks (:meth:`Target.check`) run first, from the outputs'
-    shape; a target
-    bound to a compiler's traced arrays (:meth:`TracedTarget.bind`) makes those its static part
-    can make, and :func:`check_outputs` checks the rest after the compiled call.
-    ``channels_last`` says that the model's per-pixel outputs are ``(N, H, W, K)``;
-    targets other than a callable see them channels-first. A target that fails, or returns
-    anything but one score per sample, raises :class:`~camkit.TargetError` naming what it
-    returned.
-    """
-    given = _array_outputs(target, outputs, channels_last)
-    shape = _shape(given)
-    static: Target = getattr(target, _STATIC, target)  # what the user gave, less traced data
-    if not isinstance(target, CallableTarget) and shape is not None and None not in shape:
-        static.check(shape, count if count is not None else shape[0])  # type: ignore[arg-type]
-    try:
-        scored = target.resolve(given)
-    except CamkitError:
-        raise
-    except Exception as error:
-        raise TargetError(
-            f"the target {static!r} failed on the model's outputs ({_describe(outputs)}): "
-            f"{type(error).__name__}: {error}"
-        ) from error
-    scores = scored.scores
-    shape = _shape(scores)
-    if shape is None or len(shape) != 1 or (None not in (count, shape[0]) and shape[0] != count):
-        returned = type(scores).__name__ if shape is None else f"shape {shape}"
-        raise TargetError(
-            f"the target {static!r} returned {returned}; it must return one score per sample, "
-            f"shape ({count},)"
-        )
-    xp = array_namespace(scores)
-    indices = None if isinstance(target, CallableTarget) else scored.indices
-    return ScoredTarget(xp.astype(scores, xp.float32), indices)
-
-
-def check_outputs(target: Target, outputs: Any, count: int, *, channels_last: bool = False) -> None:
-    """Run ``target``'s own checks (index range, count, mask shape) against the shape of the
-    ``outputs``; values are never read, so no device work is waited for."""
-    if isinstance(target, CallableTarget):
-        return
-    shape = tuple(int(s) for s in _array_outputs(target, outputs, False).shape)
-    if channels_last and len(shape) >= 3:
-        shape = (shape[0], shape[-1], *shape[1:-1])
-    target.check(shape, count)
-
-
-# -- targets in compiled captures ----------------------------------------------------------------
-# A compiled capture (tf.function, jax.jit) must not be traced again for every new class index
-# or mask: the target is split into a static part (the cache key) and the arrays of
-# ``Target.arrays``, which the compiled function takes as inputs and binds back.
-
-
-class _Identity:
-    """A cache key for an unhashable target: equal only to itself, and holding it alive."""
-
-    def __init__(self, target: Target) -> None:
-        self.target = target
-
-    def __eq__(self, other: object) -> bool:
-        return isinstance(other, _Identity) and other.target is self.target
-
-    def __hash__(self) -> int:
-        return id(self.target)
-
-
-@dataclass(frozen=True)
-class TracedTarget:
-    """A target split for a compiled capture: ``key`` (hashable, static), ``static`` the
-    target without its per-call data, and ``arrays`` that data as host arrays by field name.
-    Inside the compiled function, ``bind(traced_arrays)`` gives the target to score with."""
-
-    key: Hashable
-    static: Target
-    arrays: dict[str, np.ndarray]
-
-    def bind(self, arrays: Mapping[str, Any]) -> Target:
-        return _with_fields(self.static, arrays, static=self.static)
-
-
-def trace_target(target: Target, count: int) -> TracedTarget:
-    """Split ``target`` for a batch of ``count`` samples (see :class:`TracedTarget`)."""
-    arrays = target.arrays(count)
-    static = _with_fields(target, dict.fromkeys(arrays))
-    key: Hashable = (type(static), static)
-    try:
-        hash(key)
-    except TypeError:
-        key = _Identity(static)
-    return TracedTarget(key, static, arrays)

@@ -63,15 +63,8 @@ from ._protocol import (
 )
 from ._registry import Backend, hookimpl, module_available
 from ._running import check_image, image_size, running_model
-from ._targets import (
-    CallableTarget,
-    ScoredTarget,
-    Target,
-    TracedTarget,
-    check_outputs,
-    score_outputs,
-    trace_target,
-)
+from ._scoring import TracedTarget, check_outputs, score_outputs, trace_target
+from ._targets import CallableTarget, ScoredTarget, Target
 
 __all__ = [
     "CLASSIFIER_WEIGHTS",

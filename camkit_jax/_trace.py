@@ -1,7 +1,9 @@
 """The capture, written to be traced: forward, zero-perturbation gradients and scores.
 
 The chosen layer's output ``A`` is intercepted and replaced by ``A + delta`` with ``delta = 0``;
-``jax.value_and_grad`` with respect to ``delta`` is then exactly ``dS/dA``. An ``eval_shape``
+the vector-Jacobian product with respect to ``delta`` is then exactly ``dS/dA``. ``K`` scores
+per sample ``(N, K)`` take ``K`` products from the one forward: the VJP function ``vmap``-ped
+over the rows of the identity as cotangents. An ``eval_shape``
 probe first gives each layer's output shape and call count: a layer called several times is
 captured at its last call. Per-sample kinds (Equinox) are vmapped over the batch: over every
 input whose leading axis is the batch size, the others passed whole.
@@ -10,7 +12,7 @@ input whose leading axis is the batch size, the others passed whole.
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Any, NamedTuple
 
@@ -178,7 +180,11 @@ def replaced(layout: Layout, run: Run, params: Any, sample: Call, layer: str, ro
     batched = not layout.per_sample
     replace = _Perturbation({layer: row[None] if batched else row}, calls, replace=True)
     outputs = _run(run, params, sample, replace, frozenset([layer]))
-    return outputs[0] if batched else outputs
+    if not batched:
+        return outputs
+    if isinstance(outputs, list | tuple) and outputs and isinstance(outputs[0], Mapping):
+        return outputs[0]  # one dict per image (a detector's): the image's own
+    return jax.tree_util.tree_map(lambda leaf: leaf[0], outputs)  # every output's one row
 
 
 def probe(layout: Layout, run: Run, params: Any, call: Call, layers: Sequence[str]) -> Probe:
@@ -215,20 +221,27 @@ def capture(
     found = probe(layout, run, params, call, layers)
     count = call.image.shape[0]
 
-    def total_score(deltas: dict[str, Any] | None) -> Any:
+    def scores_of(deltas: dict[str, Any] | None) -> Any:
         result = forward(layout, run, params, call, deltas, found.calls, wanted)
         scored = score_outputs(target, result.outputs, count, channels_last=layout.channels_last)
-        return jnp.sum(scored.scores), (result.recorded, result.outputs, scored.scores,
-                                        scored.indices)  # fmt: skip
+        return scored.scores, (result.recorded, result.outputs, scored.indices)
 
     if gradients:
         zeros = {p: jnp.zeros(found.shapes[p].shape, found.shapes[p].dtype) for p in layers}
-        (_, aux), grads = jax.value_and_grad(total_score, has_aux=True)(zeros)
-        layer_gradients = tuple(to_core(grads[path]) for path in layers)
+        scores, pullback, aux = jax.vjp(scores_of, zeros, has_aux=True)
+        if scores.ndim == 1:  # d sum_n S[n] / dA
+            (grads,) = pullback(jnp.ones_like(scores))
+            layer_gradients = tuple(to_core(grads[path]) for path in layers)
+        else:  # d sum_n S[n, k] / dA for each k, as (N, K, ...)
+            columns = scores.shape[1]
+            eye = jnp.eye(columns, dtype=scores.dtype)
+            cotangents = jnp.broadcast_to(eye[:, None, :], (columns, *scores.shape))
+            (grads,) = jax.vmap(pullback)(cotangents)
+            layer_gradients = tuple(to_core(jnp.moveaxis(grads[path], 0, 1)) for path in layers)
     else:
-        _, aux = total_score(None)
+        scores, aux = scores_of(None)
         layer_gradients = None
-    recorded, outputs, scores, indices = aux
+    recorded, outputs, indices = aux
     return Captured(
         activations=tuple(to_core(recorded[path]) for path in layers),
         gradients=layer_gradients,

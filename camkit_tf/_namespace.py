@@ -72,3 +72,61 @@ class TensorFlowNamespace:
     @staticmethod
     def reshape(x: Any, shape: tuple[int, ...]) -> Any:
         return tf.reshape(x, shape)
+
+    @staticmethod
+    def argsort(x: Any, axis: int = -1, descending: bool = False, stable: bool = True) -> Any:
+        direction = "DESCENDING" if descending else "ASCENDING"
+        return tf.argsort(x, axis=axis, direction=direction, stable=stable)
+
+    @staticmethod
+    def broadcast_to(x: Any, shape: tuple[int, ...]) -> Any:
+        return tf.broadcast_to(x, shape)
+
+    @staticmethod
+    def stack(arrays: Any, axis: int = 0) -> Any:
+        return tf.stack(list(arrays), axis=axis)
+
+    @staticmethod
+    def concat(arrays: Any, axis: int = 0) -> Any:
+        return tf.concat(list(arrays), axis=axis)
+
+    @staticmethod
+    def maximum(x1: Any, x2: Any) -> Any:
+        return tf.maximum(x1, x2)
+
+    @staticmethod
+    def minimum(x1: Any, x2: Any) -> Any:
+        return tf.minimum(x1, x2)
+
+    @staticmethod
+    def abs(x: Any) -> Any:
+        return tf.abs(x)
+
+    @staticmethod
+    def sqrt(x: Any) -> Any:
+        return tf.sqrt(x)
+
+    @staticmethod
+    def isfinite(x: Any) -> Any:
+        return tf.math.is_finite(x)
+
+    @staticmethod
+    def all(x: Any, axis: Any = None, keepdims: bool = False) -> Any:
+        return tf.reduce_all(x, axis=axis, keepdims=keepdims)
+
+    @staticmethod
+    def zeros(shape: tuple[int, ...], *, dtype: Any = None, device: Any = None) -> Any:
+        return tf.zeros(shape, dtype or tf.float32)
+
+    @staticmethod
+    def full(shape: tuple[int, ...], fill_value: Any, *, dtype: Any = None,
+             device: Any = None) -> Any:  # fmt: skip
+        return tf.fill(shape, tf.constant(fill_value, dtype or tf.float32))
+
+    @staticmethod
+    def zeros_like(x: Any, *, dtype: Any = None, device: Any = None) -> Any:
+        return tf.zeros_like(x, dtype=dtype)
+
+    @staticmethod
+    def ones_like(x: Any, *, dtype: Any = None, device: Any = None) -> Any:
+        return tf.ones_like(x, dtype=dtype)

@@ -16,7 +16,8 @@ How a capture runs, and why:
   TensorFlow shim of the Array API; its class indices and masks are inputs of the graph, so a
   new class does not retrace.
 - Gradients come from ``GradientTape.gradient(sum_n S[n], A)`` with respect to the watched
-  layer outputs only; the tape watches no variables.
+  layer outputs only; the tape watches no variables. ``K`` scores per sample ``(N, K)`` take
+  the Jacobian of the ``K`` column sums from the one forward, vectorized by ``pfor``.
 - Activations and gradients reach the core as numpy arrays (TensorFlow has no Array API
   namespace) laid out as the layer returns them; the layer table says how (a layer's
   ``data_format`` or ``axis``, Keras' channels-last convention, tokens for ``(N, T, C)`` over
@@ -164,6 +165,18 @@ class _Captured(NamedTuple):
     scores: Any
     indices: Any
     softmax_reached: bool
+
+
+def _gradients(tape: tf.GradientTape, total: Any, activations: list[Any]) -> list[Any]:
+    """``d total / dA`` for each activation; for ``K`` totals (one per score column), each
+    ``(N, K, ...)``, the ``K`` rows of one Jacobian that ``pfor`` vectorizes over the single
+    forward pass (falling back to a loop for ops it cannot vectorize)."""
+    if total.shape.rank == 0:
+        return tape.gradient(total, activations)
+    jacobians = tape.jacobian(total, activations, experimental_use_pfor=True)  # (K, N, ...)
+    return [
+        None if j is None else tf.transpose(j, (1, 0, *range(2, j.shape.rank))) for j in jacobians
+    ]
 
 
 class _Scored(NamedTuple):
@@ -410,7 +423,8 @@ class KerasProvider:
                 scored = kit.score_outputs(
                     traced.bind(arrays), outputs, image.shape[0], channels_last=True
                 )
-                total = tf.reduce_sum(scored.scores)
+                # per score column: (K,), or () for one score per sample
+                total = tf.reduce_sum(scored.scores, axis=0)
             missing = [path for path in layers if path not in recorded]
             if missing:
                 raise LayerError(
@@ -418,7 +432,7 @@ class KerasProvider:
                     "layer that the model uses"
                 )
             activations = [recorded[path] for path in layers]
-            grads = tape.gradient(total, activations) if gradients else []
+            grads = _gradients(tape, total, activations) if gradients else []
             if any(g is None for g in grads):
                 raise LayerError(
                     f"the target score does not depend on layer {layers[0]!r}; choose a layer "

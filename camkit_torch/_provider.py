@@ -12,6 +12,9 @@ How a capture runs, and why:
   first tensor.
 - Gradients come from ``torch.autograd.grad(sum_n S[n], A)``: with respect to the captured
   activations only, never ``backward()`` into the parameters, whose ``.grad`` stays untouched.
+  ``K`` scores per sample ``(N, K)`` take one batched backward from the one forward
+  (``is_grads_batched``, the cotangents the rows of the identity, vmapped by autograd), or,
+  where an op has no batching rule, ``K`` backward passes over the retained graph.
 - A module called several times per forward (a shared activation module) is captured at its
   last call. Each module's call count is remembered per model, so from the second capture on
   the earlier calls run untouched and autograd starts at the last one.
@@ -30,6 +33,7 @@ from __future__ import annotations
 import contextlib
 import itertools
 import re
+import warnings
 from collections import Counter
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
@@ -341,14 +345,52 @@ class TorchProvider:
                 f"the target score does not depend on layer {layers[0]!r}: it was computed "
                 "without it (a detached output, or a layer off the path to the output)"
             )
-        grads = torch.autograd.grad(scores.sum(), activations, allow_unused=True)
+        if scores.ndim == 2:
+            grads = self._batched_gradients(scores, activations)
+        else:
+            grads = torch.autograd.grad(scores.sum(), activations, allow_unused=True)
+        found = []
         for name, grad in zip(layers, grads, strict=True):
             if grad is None:
                 raise LayerError(
                     f"the target score does not depend on layer {name!r}; choose a layer on "
                     "the path from the inputs to the scored output"
                 )
-        return grads
+            found.append(grad)
+        return tuple(found)
+
+    @staticmethod
+    def _batched_gradients(
+        scores: torch.Tensor, activations: list[torch.Tensor]
+    ) -> tuple[torch.Tensor | None, ...]:
+        """``d sum_n S[n, k] / dA`` for every column ``k`` of ``(N, K)`` scores, each
+        ``(N, K, ...)``: one vmapped backward, or ``K`` plain ones where vmap cannot run."""
+        columns = scores.shape[1]
+        eye = torch.eye(columns, dtype=scores.dtype, device=scores.device)
+        cotangents = eye[:, None, :].expand(columns, *scores.shape).contiguous()  # (K, N, K)
+        try:
+            with warnings.catch_warnings():  # ops without a batching rule fall back, correctly
+                warnings.simplefilter("ignore", UserWarning)
+                grads = torch.autograd.grad(
+                    scores, activations, cotangents, retain_graph=True,
+                    is_grads_batched=True, allow_unused=True,
+                )  # fmt: skip
+            stacked: tuple[torch.Tensor | None, ...] = grads
+        except RuntimeError:  # an op autograd cannot vmap: one backward per column
+            per_column = [
+                torch.autograd.grad(
+                    scores[:, k].sum(),
+                    activations,
+                    retain_graph=k < columns - 1,
+                    allow_unused=True,
+                )
+                for k in range(columns)
+            ]
+            stacked = tuple(
+                None if column[0] is None else torch.stack(list(column))
+                for column in zip(*per_column, strict=True)
+            )
+        return tuple(None if g is None else g.movedim(0, 1) for g in stacked)
 
     # -- forward passes without capture (perturbation methods, metrics) ---------------------
 
