@@ -409,6 +409,15 @@ def _virtual_samples(capture: Capture, columns: int) -> Capture:
     ``n``'s score ``k`` at ``n * K + k``: activations repeated ``K`` times, gradients
     ``(N, K, ...)``, scores and indices ``(N, K)`` flattened."""
     xp = array_namespace(capture.scores)
+    count = capture.scores.shape[0]
+    for activations, gradients in zip(capture.activations, capture.gradients or (), strict=False):
+        if tuple(gradients.shape) != (count, columns, *activations.shape[1:]):
+            raise CapabilityError(
+                f"the backend returned gradients of shape {tuple(gradients.shape)} for a "
+                f"target with {columns} scores per sample; it must return one gradient per "
+                f"score, shape {(count, columns, *activations.shape[1:])} (see "
+                "camkit.provider.Capture); explain one target at a time with this backend"
+            )
 
     def flat(array: Array) -> Array:
         return xp.reshape(array, (-1, *array.shape[2:]))

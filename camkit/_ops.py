@@ -226,7 +226,8 @@ def token_grid(
 ) -> tuple[int, tuple[int, ...]]:
     """``(prefix, grid)``: how ``count`` tokens lay out over an input of ``input_size``.
 
-    ``grid`` and ``prefix_tokens`` as given where they are; otherwise the fewest leading tokens
+    ``grid`` and ``prefix_tokens`` as given where they are (both given, tokens after the grid's
+    cells are dropped too: YOLOS's detection tokens); otherwise the fewest leading tokens
     (up to :data:`MAX_PREFIX_TOKENS`: class, distillation, register tokens) whose removal leaves
     a grid of the input's shape, ``grid[i] = input_size[i] / stride`` for one whole-number
     stride (ViT patches; a Swin stage, whose stride grows with depth; non-square inputs), or
@@ -236,11 +237,11 @@ def token_grid(
     if grid is not None:
         cells = math.prod(grid)
         prefix = count - cells if prefix_tokens is None else prefix_tokens
-        if prefix < 0 or prefix + cells != count:
+        if prefix < 0 or prefix + cells > count:
             raise InputError(
                 f"cannot lay {count} tokens out as grid={tuple(grid)} after dropping "
                 f"prefix_tokens={prefix}; pass grid= and prefix_tokens= so that "
-                f"prefix_tokens + the grid's cells == {count}"
+                f"prefix_tokens + the grid's cells <= {count}"
             )
         return prefix, tuple(int(g) for g in grid)
     prefixes = (
@@ -266,12 +267,14 @@ def tokens_to_grid(
 ) -> Array:
     """``(N, T, C) -> (N, C, *grid)``: a transformer's tokens as a channels-first map.
 
-    The first ``prefix`` tokens (class, registers) are dropped and the rest are laid out row by
-    row on the grid that :func:`token_grid` finds for the input's spatial size.
+    The first ``prefix`` tokens (class, registers) are dropped and the next are laid out row by
+    row on the grid that :func:`token_grid` finds for the input's spatial size (any after them
+    dropped).
     """
     xp = array_namespace(tokens)
     prefix, shape = token_grid(tokens.shape[1], input_size, grid, prefix_tokens)
-    grid_tokens = xp.reshape(tokens[:, prefix:, :], (tokens.shape[0], *shape, tokens.shape[2]))
+    cells = tokens[:, prefix : prefix + math.prod(shape), :]
+    grid_tokens = xp.reshape(cells, (tokens.shape[0], *shape, tokens.shape[2]))
     return xp.permute_dims(grid_tokens, (0, grid_tokens.ndim - 1, *range(1, grid_tokens.ndim - 1)))
 
 

@@ -168,3 +168,64 @@ def test_a_square_dense_output_asks_for_the_anchor_axis():
     square = torch.zeros((1, 7, 7))
     with pytest.raises(camkit.TargetError, match=r"anchor_axis=1"):
         targets.BoxTarget(np.zeros((1, 4))).resolve(square)
+
+
+# -- Hugging Face detectors (random small configurations, nothing downloaded) ------------------
+
+
+def _hf_detector(name):
+    torch = pytest.importorskip("torch")
+    transformers = pytest.importorskip("transformers")
+    torch.manual_seed(0)
+    if name == "yolos":
+        config = transformers.YolosConfig(
+            hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
+            image_size=[32, 32], patch_size=8, num_detection_tokens=5, num_labels=CLASSES,
+        )  # fmt: skip
+        return transformers.YolosForObjectDetection(config).eval(), torch.randn(2, 3, 32, 32)
+    backbone = transformers.ResNetConfig(
+        embedding_size=8, hidden_sizes=[8, 16, 16, 16], depths=[1, 1, 1, 1],
+        out_features=["stage4"],
+    )  # fmt: skip
+    config = transformers.DetrConfig(
+        use_timm_backbone=False, backbone_config=backbone, use_pretrained_backbone=False,
+        d_model=32, encoder_layers=1, decoder_layers=1, encoder_attention_heads=2,
+        decoder_attention_heads=2, encoder_ffn_dim=32, decoder_ffn_dim=32, num_queries=5,
+        num_labels=CLASSES,
+    )  # fmt: skip
+    return transformers.DetrForObjectDetection(config).eval(), torch.randn(2, 3, 64, 64)
+
+
+@pytest.mark.parametrize("name", ["yolos", "detr"])
+def test_hugging_face_detectors_score_by_hand(name):
+    torch = pytest.importorskip("torch")
+    model, images = _hf_detector(name)
+    with torch.no_grad():
+        outputs = model(images)  # a ModelOutput with logits and pred_boxes
+    per_image = predictions({k: outputs[k] for k in ("logits", "pred_boxes")}, "detr")
+    boxes, labels = _references(per_image, "detr")
+    expected, classes = hand_scores(per_image, boxes.astype(np.float64), labels, "cxcywh")
+    # YOLOS's tokens are [class, 16 patches, 5 detection tokens]: the grid follows the class
+    # token, and the detection tokens after it are dropped
+    layer, options = (
+        ("vit.encoder.layer.1.layernorm_before", {"grid": (4, 4), "prefix_tokens": 1})
+        if name == "yolos"
+        else ("model.backbone.model.encoder.stages.3", {})
+    )
+    result = camkit.explain(
+        model,
+        images,
+        "gradcam",
+        layer,
+        target=targets.BoxTarget(boxes, labels, per_box=True),
+        **options,
+    )
+    np.testing.assert_allclose(result.scores, expected, rtol=1e-5, atol=1e-6)
+    assert result.targets.tolist() == classes.tolist()
+    if name == "yolos":  # the same map as the patch tokens cut out by hand
+        by_hand = camkit.explain(
+            model, images, "gradcam", layer,
+            target=targets.BoxTarget(boxes, labels, per_box=True),
+            layout=lambda t: t[:, 1:17].reshape(-1, 4, 4, t.shape[2]).permute(0, 3, 1, 2),
+        )  # fmt: skip
+        np.testing.assert_allclose(result.cams, by_hand.cams, atol=1e-6)

@@ -90,6 +90,12 @@ def test_the_toy_backend_keeps_the_guarantees(toy):
     bad[1, 0, 0, 0] = np.nan
     with pytest.raises(camkit.InputError, match=r"samples \[1\] are not finite"):
         camkit.explain(model, bad, layer="conv2")
+    # the toy backend takes one gradient of all the scores: several per sample are refused
+    with pytest.raises(camkit.CapabilityError, match=r"shape \(2, 4, 5, 5\) for a target with 2"):
+        camkit.explain(model, x, layer="conv2", target=camkit.targets.TopK(2))
+    # gradient-free methods need no per-score gradients
+    several = camkit.explain(model, x, "scorecam", "conv2", target=camkit.targets.TopK(2))
+    assert several.cams.shape == (2, 2, 5, 5)
 
 
 def _imports(path: Path) -> list[str]:
