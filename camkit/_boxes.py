@@ -27,6 +27,7 @@ Reference boxes are in the predictions' coordinates and ``box_format``.
 
 from __future__ import annotations
 
+import numbers
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any, ClassVar, Literal, NamedTuple, get_args
@@ -131,7 +132,12 @@ class BoxTarget(Target):
                 f"BoxTarget.box_format={self.box_format!r} is not valid; use 'xyxy', 'cxcywh' "
                 "or 'xywh' (or None for the output form's own)"
             )
-        if isinstance(self.iou_threshold, bool) or not 0 <= self.iou_threshold < 1:
+        threshold = self.iou_threshold
+        if (
+            not isinstance(threshold, numbers.Real)
+            or isinstance(threshold, bool)
+            or not (0 <= threshold < 1)
+        ):
             raise InputError(
                 f"BoxTarget.iou_threshold={self.iou_threshold!r} is not valid; use a number in "
                 "[0, 1)"
@@ -175,7 +181,7 @@ class BoxTarget(Target):
         """Boxes or labels given for every sample as ``(count, B, ...)``; given per sample,
         checked against ``count``."""
         if self.boxes.ndim == 2:
-            return np.ascontiguousarray(np.broadcast_to(values, (count, *values.shape)))
+            return np.repeat(values[None], count, axis=0)  # a writable copy: frameworks share it
         if values.shape[0] != count:
             raise TargetError(
                 f"BoxTarget has boxes for {values.shape[0]} samples but the batch has {count}; "
@@ -290,9 +296,11 @@ def _match(
     """Each reference box's score and matched class, ``(n, B)`` each, by the module's rule."""
     xp = array_namespace(references)
     count, boxes = references.shape[0], references.shape[1]
-    if predictions.boxes.shape[1] == 0:  # no detections at all
+    if predictions.boxes.shape[1] == 0:  # no detections: 0, still on the model's graph
+        nothing = xp.sum(xp.astype(predictions.scores, xp.float32), axis=1)[:, None]
+        zeros = xp.zeros((count, boxes), dtype=xp.float32, device=device(references))
         return (
-            xp.zeros((count, boxes), dtype=xp.float32, device=device(references)),
+            nothing + zeros,
             xp.full((count, boxes), -1, dtype=xp.int32, device=device(references)),
         )
     overlap = box_iou(references, to_xyxy(xp.astype(predictions.boxes, xp.float32), box_format))

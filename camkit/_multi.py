@@ -17,7 +17,7 @@ import numpy as np
 
 from ._errors import InputError, TargetError
 from ._namespace import array_namespace, device
-from ._targets import ClassScore, ScoredTarget, Target, _host_values, class_scores
+from ._targets import ClassScore, ScoredTarget, Target, _host_values, _pick, class_scores
 
 __all__ = ["AllClasses", "Classes", "TopK"]
 
@@ -40,16 +40,6 @@ def _check_classes(shape: tuple[int, ...], owner: str) -> None:
         )
 
 
-def _pick_columns(values: Array, indices: Array) -> Array:
-    """``values[n, indices[n, k]]`` ``(N, K)`` for ``(N, C)`` values and ``(N, K)`` indices; 0
-    where an index is out of range (the check reports it), so a compiled capture never reads
-    out of bounds."""
-    xp = array_namespace(values)
-    classes = xp.arange(values.shape[1], dtype=xp.int32, device=device(values))
-    hot = xp.astype(classes[None, None, :] == indices[:, :, None], values.dtype)
-    return xp.sum(values[:, None, :] * hot, axis=2)
-
-
 @dataclass(frozen=True)
 class _ClassColumns(Target):
     """A target scoring ``K`` chosen classes per sample."""
@@ -61,7 +51,7 @@ class _ClassColumns(Target):
     def resolve(self, outputs: Array) -> ScoredTarget:
         indices = self.columns(outputs)
         score: ClassScore = self.score  # type: ignore[attr-defined]
-        return ScoredTarget(_pick_columns(class_scores(outputs, score), indices), indices)
+        return ScoredTarget(_pick(class_scores(outputs, score), indices), indices)
 
 
 @dataclass(frozen=True)

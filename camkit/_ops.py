@@ -238,10 +238,11 @@ def token_grid(
         cells = math.prod(grid)
         prefix = count - cells if prefix_tokens is None else prefix_tokens
         if prefix < 0 or prefix + cells > count:
+            dropped = "" if prefix_tokens is None else f" after dropping prefix_tokens={prefix}"
             raise InputError(
-                f"cannot lay {count} tokens out as grid={tuple(grid)} after dropping "
-                f"prefix_tokens={prefix}; pass grid= and prefix_tokens= so that "
-                f"prefix_tokens + the grid's cells <= {count}"
+                f"cannot lay {count} tokens out as grid={tuple(grid)} ({cells} cells){dropped}; "
+                f"pass grid= and prefix_tokens= so that prefix_tokens + the grid's cells "
+                f"<= {count}"
             )
         return prefix, tuple(int(g) for g in grid)
     prefixes = (

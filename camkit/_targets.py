@@ -198,12 +198,15 @@ def _chosen_indices(index: Any, outputs: Array) -> Array:
 
 
 def _pick(values: Array, indices: Array) -> Array:
-    """``values[n, indices[n]]`` for ``(N, K)`` values; 0 where an index is out of range (the
-    check reports it), so a compiled capture never reads out of bounds."""
+    """``values[n, indices[n]]`` ``(N,)`` for ``(N, C)`` values and ``(N,)`` indices, or
+    ``values[n, indices[n, k]]`` ``(N, K)`` for ``(N, K)`` indices; 0 where an index is out of
+    range (the check reports it), so a compiled capture never reads out of bounds."""
     xp = array_namespace(values)
     classes = xp.arange(values.shape[1], dtype=xp.int32, device=device(values))
-    hot = xp.astype(classes[None, :] == indices[:, None], values.dtype)
-    return xp.sum(values * hot, axis=1)
+    columns = indices if indices.ndim == 2 else indices[:, None]
+    hot = xp.astype(classes[None, None, :] == columns[:, :, None], values.dtype)
+    picked = xp.sum(values[:, None, :] * hot, axis=2)
+    return picked if indices.ndim == 2 else picked[:, 0]
 
 
 def class_scores(outputs: Array, score: ClassScore) -> Array:

@@ -88,9 +88,15 @@ def test_scores_follow_the_rule_computed_by_hand(case):
     assert summed.targets.tolist() == [-1, -1] and summed.cams.shape == (2, 16, 16)
 
 
-@pytest.mark.parametrize("method", ["gradcam", "layercam", "scorecam", "ablationcam"])
-def test_per_box_maps_equal_one_call_per_box(case, method):
-    model, images, _, _, boxes, labels = case
+#: Besides Grad-CAM, each form runs one other method: a per-position gradient, the masked passes
+#: (the whole batch per pass), the ablated layer (one sample, rows replaced).
+OTHER = {"dense": "scorecam", "detr": "layercam", "dicts": "ablationcam"}
+
+
+@pytest.mark.parametrize("which", ["gradcam", "other"])
+def test_per_box_maps_equal_one_call_per_box(case, which):
+    model, images, form, _, boxes, labels = case
+    method = OTHER[form] if which == "other" else which
     options = {"batch_size": 8} if method in ("scorecam", "ablationcam") else {}
     per_box = camkit.explain(
         model,
@@ -229,3 +235,20 @@ def test_hugging_face_detectors_score_by_hand(name):
             layout=lambda t: t[:, 1:17].reshape(-1, 4, 4, t.shape[2]).permute(0, 3, 1, 2),
         )  # fmt: skip
         np.testing.assert_allclose(result.cams, by_hand.cams, atol=1e-6)
+
+
+def test_an_image_without_detections_scores_zero_on_the_graph():
+    torch = pytest.importorskip("torch")
+    found = torch.tensor([[0.0, 0.0, 4.0, 4.0]], requires_grad=True)
+    confidence = torch.tensor([0.9], requires_grad=True)
+    outputs = [
+        {"boxes": found, "labels": torch.tensor([1]), "scores": confidence},
+        {"boxes": found[:0], "labels": torch.tensor([], dtype=torch.int64),
+         "scores": confidence[:0]},
+    ]  # fmt: skip
+    scored = targets.BoxTarget([[0.0, 0.0, 4.0, 4.2]], per_box=True).resolve(outputs)
+    # image 0: IoU 16 / 16.8 = 0.952 + 0.9; image 1 has nothing to match
+    np.testing.assert_allclose(scored.scores.detach(), [[16 / 16.8 + 0.9], [0.0]], rtol=1e-6)
+    assert scored.indices.tolist() == [[1], [-1]] and scored.scores.requires_grad
+    none = targets.BoxTarget([[0.0, 0.0, 4.0, 4.2]]).resolve(outputs[1:])
+    assert none.scores.tolist() == [0.0] and none.scores.requires_grad

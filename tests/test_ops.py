@@ -104,8 +104,12 @@ def test_token_grids_are_found_from_the_inputs_shape(count, size, expected):
 
 def test_tokens_to_grid_explains_a_bad_grid():
     tokens = np.zeros((1, 10, 3), np.float32)
-    with pytest.raises(InputError, match=r"prefix_tokens \+ the grid's cells == 10"):
+    with pytest.raises(InputError, match=r"prefix_tokens \+ the grid's cells <= 10"):
         _ops.tokens_to_grid(tokens, (8, 8), grid=(4, 4))
+    # tokens after the grid (YOLOS's detection tokens) are dropped: [class, 4 cells, 5 more]
+    tokens = np.arange(10, dtype=np.float32).reshape(1, 10, 1)
+    grid = _ops.tokens_to_grid(tokens, (4, 4), grid=(2, 2), prefix_tokens=1)
+    np.testing.assert_array_equal(grid[0, 0], [[1, 2], [3, 4]])
     with pytest.raises(InputError, match="pass grid="):
         _ops.tokens_to_grid(np.zeros((1, 7, 3), np.float32), (100, 10))
 

@@ -105,8 +105,10 @@ def test_similarity_by_hand_on_every_backend(framework):
     np.testing.assert_allclose(pairs.scores, _cosines(embeddings, swapped).diagonal(), rtol=1e-5)
 
 
-@pytest.mark.parametrize("method", ["gradcam", "gradcam++", "scorecam"])
-@pytest.mark.parametrize("framework", ["torch", "keras", "nnx"])
+@pytest.mark.parametrize(
+    ("framework", "method"),
+    [("torch", "gradcam++"), ("torch", "scorecam"), ("keras", "gradcam"), ("nnx", "gradcam")],
+)
 def test_one_map_per_reference_equals_one_call_each(framework, method):
     model, images, embeddings, output = _embedder(framework)
     options = {"batch_size": 6} if method == "scorecam" else {}
