@@ -54,6 +54,7 @@ from ._registry import (
     module_available,
     register_backend,
 )
+from ._smoothing import Augmentations
 
 __version__ = "0.1.0"
 
@@ -68,6 +69,7 @@ __all__ = [
     "SSCAM",
     "AblationCAM",
     "ActivationGradientProvider",
+    "Augmentations",
     "Backend",
     "BackendError",
     "BackendInfo",

@@ -6,18 +6,19 @@ Shapes: activations ``A`` are ``(N, C, H, W)``; maps are ``(N, H, W)``.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 from array_api_compat import array_namespace
 
-from . import _ops
+from . import _checks, _ops
 from ._base import CamMethod, ChannelWeightedMethod
-from ._errors import LayerError, TargetError
+from ._errors import InputError, LayerError, TargetError
 from ._protocol import CLASSIFIER_WEIGHTS, Batch, Capture, capability
 
 __all__ = ["CAM", "EigenCAM", "EigenGradCAM"]
 
 Array = Any
+EigenVariant = Literal["paper", "centered"]
 
 
 class CAM(ChannelWeightedMethod):
@@ -81,6 +82,14 @@ class EigenCAM(CamMethod):
     non-negative (a singular vector's sign is arbitrary). Class-agnostic: it ignores ``target``
     except to report scores. No ReLU in the paper.
 
+    ``variant`` selects a published reading:
+
+    - ``"paper"`` (default): ``X[n]`` as it is.
+    - ``"centered"`` (pytorch-grad-cam): ``X[n]`` minus each channel's mean over the positions,
+      ``M[n] = (X[n] - mean_p X[n]) @ v_1``, signed to correlate non-negatively with the
+      channel sum (a centred projection sums to 0); pytorch-grad-cam keeps the SVD's sign, so
+      its map may be this one negated.
+
     Muhammad & Yeasin, "Eigen-CAM: Class Activation Map using Principal Components", IJCNN 2020.
     """
 
@@ -88,26 +97,43 @@ class EigenCAM(CamMethod):
     paper = "Muhammad & Yeasin, IJCNN 2020, arXiv:2008.00299"
     needs_gradients = False
     relu_by_default = False
+    variants: tuple[str, ...] = ("paper", "centered")
+
+    def __init__(self, *args: Any, variant: EigenVariant = "paper", **kwargs: Any) -> None:
+        self.variant = _checks.one_of(variant, "variant", self.variants)
+        super().__init__(*args, **kwargs)
+        if self.eigen_smooth:
+            raise InputError(
+                f"eigen_smooth=True does not apply to {self.name!r}, whose map already is a "
+                "first principal projection; pass variant='centered' for the mean-centred one"
+            )
+
+    def _method_options(self) -> tuple[str]:
+        return (self.variant,)
+
+    def _projected(self, x: Array) -> Array:
+        return _ops.first_principal_projection(x, centered=self.variant == "centered")
 
     def layer_map(
         self, activations: Array, gradients: None, capture: Capture, batch: Batch
     ) -> Array:
-        return _ops.first_principal_projection(activations)
+        return self._projected(activations)
 
 
-class EigenGradCAM(CamMethod):
+class EigenGradCAM(EigenCAM):
     """EigenGrad-CAM: Eigen-CAM on the gradient-weighted activations ``G * A``.
 
     ``M[n] = X[n] @ v_1`` with ``X[n]`` the ``(HW, C)`` matrix of ``G[n] * A[n]``, signed as in
-    Eigen-CAM; class-discriminative through ``G``. From the pytorch-grad-cam library
+    Eigen-CAM; class-discriminative through ``G``. ``variant="centered"`` centres ``X[n]`` first,
+    as pytorch-grad-cam does (see :class:`EigenCAM`). From the pytorch-grad-cam library
     (Gildenblat et al., 2021), which has no paper.
     """
 
     name = "eigengradcam"
     paper = "Gildenblat et al., pytorch-grad-cam (2021), no paper"
-    relu_by_default = False
+    needs_gradients = True
 
     def layer_map(
         self, activations: Array, gradients: Array, capture: Capture, batch: Batch
     ) -> Array:
-        return _ops.first_principal_projection(gradients * activations)
+        return self._projected(gradients * activations)

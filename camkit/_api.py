@@ -100,8 +100,9 @@ def explain(
             (default: the first array with spatial axes).
         forward_kwargs: more keyword arguments for the model's forward pass (masks, text).
         **options: the method's options: ``relu``, ``normalize``, ``fusion``, ``layout``,
-            ``grid``, ``prefix_tokens``, ``nonfinite`` (see :class:`CamMethod`), and per method
-            ``variant`` (Grad-CAM++), ``classifier`` (CAM),
+            ``grid``, ``prefix_tokens``, ``nonfinite``, ``eigen_smooth``, ``aug_smooth`` (see
+            :class:`CamMethod`), and per method ``variant`` (Grad-CAM++, Eigen-CAM,
+            EigenGrad-CAM), ``masks`` (the Score-CAM family), ``classifier`` (CAM),
             ``samples``/``noise``/``seed`` (the smoothed methods), ``batch_size``,
             ``precision``, ``progress`` and ``weighting`` (the perturbation family),
             ``channels`` (Faster Score-CAM).

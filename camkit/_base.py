@@ -27,7 +27,7 @@ import math
 from abc import ABC, abstractmethod
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, ClassVar, Literal
+from typing import Any, ClassVar, Literal, get_args
 
 import numpy as np
 from array_api_compat import array_namespace
@@ -47,6 +47,7 @@ from ._protocol import (
 )
 from ._registry import provider_for
 from ._scoring import TargetLike, as_target
+from ._smoothing import Augmentations, as_augmentations, smoothed_maps
 from ._targets import Target
 
 __all__ = [
@@ -59,7 +60,7 @@ __all__ = [
 ]
 
 Array = Any
-Normalize = Literal["minmax", "none"]
+Normalize = Literal["minmax", "none", "minmax-before-resize"]
 NonFinite = Literal["raise", "nan"]
 OutputSize = Literal["input", "layer"] | tuple[int, ...]
 LayerLike = str | object
@@ -111,7 +112,10 @@ class CamMethod(ABC):
         backend: a backend name (``"torch"``, ...) to override automatic selection.
         relu: keep only the positive part of each layer's map; ``None`` uses the method's
             paper (on for the gradient methods, off for CAM and Eigen-CAM).
-        normalize: ``"minmax"`` rescales each map to ``[0, 1]``; ``"none"`` keeps raw values.
+        normalize: ``"minmax"`` rescales each map to ``[0, 1]`` after resizing it; ``"none"``
+            keeps raw values; ``"minmax-before-resize"`` rescales each layer's map at its own
+            size, then resizes it, and rescales the (fused) result again (pytorch-grad-cam's
+            reading; for one layer it equals ``"minmax"``, min-max being affine).
         size: ``"input"`` (the inputs' spatial size), ``"layer"`` (the largest layer's own
             size) or a size with one number per spatial axis (``(H, W)`` for images).
         fusion: how several layers' maps combine: ``"mean"``, ``"max"`` or ``"product"``.
@@ -127,6 +131,15 @@ class CamMethod(ABC):
         nonfinite: what a sample whose score or map is NaN or infinite (NaN or inf in its
             inputs, say) gets: ``"raise"`` an :class:`~camkit.InputError` naming the samples,
             ``"nan"`` a map of NaN (so that a long run goes on and the sample can be dropped).
+        eigen_smooth: replace each layer's channel sum ``sum_c Z[n, c]`` of its per-channel
+            contributions (``w_c A_c`` for channel-weighted methods, ``G * A`` for HiResCAM,
+            ...) by their mean-centred first principal projection
+            (:func:`camkit._ops.first_principal_projection`, pytorch-grad-cam's
+            ``eigen_smooth``); it removes noise at the price of class-discrimination.
+        aug_smooth: ``True`` averages the maps of augmented views of the inputs (horizontal
+            flips times intensity factors 0.9, 1, 1.1, as pytorch-grad-cam does), each brought
+            back onto the inputs' pixels; a :class:`~camkit.Augmentations` chooses the views
+            (flips, factors, spatial scales). Needs the ``forward_scores`` capability.
 
     A method object may be called from several threads; calls on one model run one at a time
     (each backend holds the model's lock while it runs the model).
@@ -163,8 +176,10 @@ class CamMethod(ABC):
         grid: Sequence[int] | None = None,
         prefix_tokens: int | None = None,
         nonfinite: NonFinite = "raise",
+        eigen_smooth: bool = False,
+        aug_smooth: bool | Augmentations = False,
     ) -> None:
-        self.normalize: Normalize = _checks.one_of(normalize, "normalize", ("minmax", "none"))
+        self.normalize: Normalize = _checks.one_of(normalize, "normalize", get_args(Normalize))
         self.fusion: _ops.Fusion = _checks.one_of(fusion, "fusion", ("mean", "max", "product"))
         self.size: OutputSize = (
             size
@@ -182,8 +197,11 @@ class CamMethod(ABC):
             else _checks.non_negative_int(prefix_tokens, "prefix_tokens")
         )  # fmt: skip
         self.nonfinite: NonFinite = _checks.one_of(nonfinite, "nonfinite", ("raise", "nan"))
+        self.eigen_smooth = bool(_checks.optional_flag(eigen_smooth, "eigen_smooth"))
+        self.aug_smooth = as_augmentations(aug_smooth)
         self.backend, self.provider = provider_for(model, backend)
-        missing = self.requires - self.provider.capabilities
+        wanted = self.requires | ({FORWARD_SCORES} if self.aug_smooth else frozenset())
+        missing = wanted - self.provider.capabilities
         if missing:
             raise CapabilityError(
                 f"method {self.name!r} needs the capability {str(sorted(missing)[0])!r}, which "
@@ -220,6 +238,12 @@ class CamMethod(ABC):
             raise CamkitError(f"this {type(self).__name__} is closed; create a new one")
         model_inputs = as_model_inputs(inputs, forward_kwargs, image)
         chosen = as_target(target)
+        if self.aug_smooth is None:
+            return self._explanation(*self._maps(model_inputs, chosen))
+        return self._explanation(*smoothed_maps(self, model_inputs, chosen, self.aug_smooth))
+
+    def _maps(self, model_inputs: ModelInputs, chosen: Target) -> tuple[Array, Capture]:
+        """The maps of one batch, in the backend's namespace, and the capture they came from."""
         table = self.provider.layers(model_inputs)
         if self._layers is None:
             if "layer" not in table.chosen:
@@ -240,18 +264,16 @@ class CamMethod(ABC):
             def pipeline(capture: Capture, size: tuple[int, ...]) -> Array:
                 return detached._pipeline(capture, Batch(size, layouts))
 
-            cams, capture = capability(self.provider, FUSED_PIPELINE).run_pipeline(
+            return capability(self.provider, FUSED_PIPELINE).run_pipeline(
                 model_inputs, layers, chosen, gradients=self.needs_gradients,
                 pipeline=pipeline, key=(self._pipeline_key(), layouts),
             )  # fmt: skip
-        else:
-            capture = self._capture(model_inputs, layers, chosen)
-            batch = Batch(size, layouts)
-            if self.needs_inputs:
-                x = capability(self.provider, FORWARD_SCORES).core_inputs(model_inputs)
-                batch = dataclasses.replace(batch, image=x, inputs=model_inputs, target=chosen)
-            cams = self._pipeline(capture, batch)
-        return self._explanation(cams, capture)
+        capture = self._capture(model_inputs, layers, chosen)
+        batch = Batch(size, layouts)
+        if self.needs_inputs:
+            x = capability(self.provider, FORWARD_SCORES).core_inputs(model_inputs)
+            batch = dataclasses.replace(batch, image=x, inputs=model_inputs, target=chosen)
+        return self._pipeline(capture, batch), capture
 
     def _layout_of(self, table: LayerTable, layer: str) -> LayoutLike:
         """How ``layer``'s output is read: ``layout=``, else as the layer table says."""
@@ -268,7 +290,10 @@ class CamMethod(ABC):
 
     def _pipeline_key(self) -> tuple[Any, ...]:
         """Everything the map pipeline depends on: equal keys give equal pipelines."""
-        options = (self.relu, self.normalize, self.size, self.fusion, self.grid, self.prefix_tokens)
+        options = (
+            self.relu, self.normalize, self.size, self.fusion, self.grid, self.prefix_tokens,
+            self.eigen_smooth,
+        )  # fmt: skip
         return (type(self), *options, *self._method_options())
 
     def _method_options(self) -> tuple[Any, ...]:
@@ -292,7 +317,9 @@ class CamMethod(ABC):
         out_size = self._output_size(batch.size, maps)
         maps = [self._finish(m, out_size) for m in maps]
         cams = _ops.fuse(maps, self.fusion)
-        if len(maps) > 1 and self.normalize == "minmax":
+        if self.normalize == "minmax-before-resize" or (
+            len(maps) > 1 and self.normalize == "minmax"
+        ):
             cams = _ops.normalize_minmax(cams)
         if columns is not None:
             cams = array_namespace(cams).reshape(cams, (-1, columns, *cams.shape[1:]))
@@ -334,8 +361,26 @@ class CamMethod(ABC):
     def _finish(self, layer_map: Array, size: tuple[int, ...]) -> Array:
         if self.relu:
             layer_map = _ops.relu(layer_map)
+        if self.normalize == "minmax-before-resize":
+            return _ops.resize_linear(_ops.normalize_minmax(layer_map), size)
         layer_map = _ops.resize_linear(layer_map, size)
         return _ops.normalize_minmax(layer_map) if self.normalize == "minmax" else layer_map
+
+    def _channel_sum(self, contributions: Array) -> Array:
+        """``(N, C, *S) -> (N, *S)``: a layer's map from its per-channel contributions, their
+        sum, or with ``eigen_smooth`` their mean-centred first principal projection."""
+        if self.eigen_smooth:
+            return _ops.first_principal_projection(contributions, centered=True)
+        return array_namespace(contributions).sum(contributions, axis=1)
+
+    def _weighted_channel_sum(self, weights: Array, activations: Array) -> Array:
+        """``(N, C), (N, C, *S) -> (N, *S)``: ``sum_c w[n, c] A[n, c]`` (see
+        :meth:`_channel_sum` for ``eigen_smooth``)."""
+        if self.eigen_smooth:
+            xp = array_namespace(weights)
+            spread = (*weights.shape, *(1,) * (activations.ndim - 2))
+            return self._channel_sum(xp.reshape(weights, spread) * activations)
+        return _ops.weighted_channel_sum(weights, activations)
 
     def _explanation(self, cams: Array, capture: Capture) -> Explanation:
         to_numpy = self.provider.to_numpy
@@ -401,7 +446,7 @@ class ChannelWeightedMethod(CamMethod):
         self, activations: Array, gradients: Array | None, capture: Capture, batch: Batch
     ) -> Array:
         weights = self.channel_weights(activations, gradients, capture, batch)
-        return _ops.weighted_channel_sum(weights, activations)
+        return self._weighted_channel_sum(weights, activations)
 
 
 def _virtual_samples(capture: Capture, columns: int) -> Capture:

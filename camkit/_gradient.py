@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Sequence
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 import numpy as np
 from array_api_compat import array_namespace, device
@@ -32,7 +32,7 @@ __all__ = [
 ]
 
 Array = Any
-GradCAMPlusPlusVariant = Literal["paper", "author-code"]
+GradCAMPlusPlusVariant = Literal["paper", "author-code", "pytorch-grad-cam"]
 
 
 def _nonzero_divide(numerator: Array, denominator: Array) -> Array:
@@ -84,6 +84,8 @@ class GradCAMPlusPlus(ChannelWeightedMethod):
     - ``"paper"`` (default): eq. 19 as above.
     - ``"author-code"``: the authors' released code, also used by tf-keras-vis, which further
       divides ``alpha`` by its spatial sum, ``alpha / sum_ij alpha`` (where that sum is non-zero).
+    - ``"pytorch-grad-cam"``: ``alpha = G^2 / (2 G^2 + (sum_ab A) G^3 + 1e-6)`` where ``G != 0``
+      and 0 elsewhere: an epsilon in the denominator instead of skipping zero denominators.
 
     Chattopadhay et al., "Grad-CAM++: Generalized Gradient-based Visual Explanations for Deep
     Convolutional Networks", WACV 2018, eqs. 9 and 19.
@@ -91,7 +93,7 @@ class GradCAMPlusPlus(ChannelWeightedMethod):
 
     name = "gradcam++"
     paper = "Chattopadhay et al., WACV 2018, arXiv:1710.11063"
-    variants: tuple[str, ...] = ("paper", "author-code")
+    variants: tuple[str, ...] = get_args(GradCAMPlusPlusVariant)
 
     def __init__(self, *args: Any, variant: GradCAMPlusPlusVariant = "paper", **kwargs: Any):
         self.variant = _checks.one_of(variant, "variant", self.variants)
@@ -104,7 +106,12 @@ class GradCAMPlusPlus(ChannelWeightedMethod):
         self, activations: Array, gradients: Array, capture: Capture, batch: Batch
     ) -> Array:
         squared = gradients * gradients
-        alpha = _plus_plus_alpha(activations, squared, squared * gradients)
+        if self.variant == "pytorch-grad-cam":
+            xp = array_namespace(gradients)
+            denominator = 2 * squared + _ops.spatial_sum(activations) * squared * gradients
+            alpha = xp.where(gradients != 0, squared / (denominator + 1e-6), xp.zeros_like(squared))
+        else:
+            alpha = _plus_plus_alpha(activations, squared, squared * gradients)
         if self.variant == "author-code":
             alpha = _nonzero_divide(alpha, _ops.spatial_sum(alpha))
         xp = array_namespace(alpha)
@@ -150,7 +157,7 @@ class HiResCAM(CamMethod):
     def layer_map(
         self, activations: Array, gradients: Array, capture: Capture, batch: Batch
     ) -> Array:
-        return array_namespace(activations).sum(gradients * activations, axis=1)
+        return self._channel_sum(gradients * activations)
 
 
 class GradCAMElementWise(CamMethod):
@@ -166,7 +173,7 @@ class GradCAMElementWise(CamMethod):
     def layer_map(
         self, activations: Array, gradients: Array, capture: Capture, batch: Batch
     ) -> Array:
-        return array_namespace(activations).sum(_ops.relu(gradients * activations), axis=1)
+        return self._channel_sum(_ops.relu(gradients * activations))
 
 
 class LayerCAM(CamMethod):
@@ -185,7 +192,7 @@ class LayerCAM(CamMethod):
     def layer_map(
         self, activations: Array, gradients: Array, capture: Capture, batch: Batch
     ) -> Array:
-        return array_namespace(activations).sum(_ops.relu(gradients) * activations, axis=1)
+        return self._channel_sum(_ops.relu(gradients) * activations)
 
 
 class SmoothGradCAMPlusPlus(ChannelWeightedMethod):

@@ -89,15 +89,21 @@ def normalize_minmax(maps: Array) -> Array:
 
 
 @lru_cache(maxsize=64)
-def _interpolation_matrix(size_out: int, size_in: int) -> np.ndarray:
+def _interpolation_matrix(size_out: int, size_in: int, align_corners: bool = False) -> np.ndarray:
     """``(size_out, size_in)`` float32 matrix of 1-D linear interpolation weights.
 
     Half-pixel centres (``src = (dst + 0.5) * size_in / size_out - 0.5``) clamped to the edges,
     the convention of ``cv2.resize(INTER_LINEAR)`` and ``torch.nn.functional.interpolate(
-    mode="bilinear", align_corners=False)`` (neither antialiased).
+    mode="bilinear", align_corners=False)`` (neither antialiased); with ``align_corners``, the
+    first and last pixels' centres meet (``src = dst * (size_in - 1) / (size_out - 1)``), as in
+    ``torch.nn.UpsamplingBilinear2d`` and ``align_corners=True``.
     """
-    scale = size_in / size_out
-    source = np.clip((np.arange(size_out) + 0.5) * scale - 0.5, 0.0, size_in - 1)
+    if align_corners:
+        scale = (size_in - 1) / (size_out - 1) if size_out > 1 else 0.0
+        source = np.arange(size_out) * scale
+    else:
+        source = (np.arange(size_out) + 0.5) * (size_in / size_out) - 0.5
+    source = np.clip(source, 0.0, size_in - 1)
     lower = np.floor(source).astype(np.int64)
     upper = np.minimum(lower + 1, size_in - 1)
     frac = source - lower
@@ -132,9 +138,10 @@ def _separable(x: Array, matrices: Sequence[np.ndarray | None]) -> Array:
     return x
 
 
-def resize_linear(maps: Array, size: Sequence[int]) -> Array:
+def resize_linear(maps: Array, size: Sequence[int], *, align_corners: bool = False) -> Array:
     """``(..., *s) -> (..., *size)``: separable linear resize of the trailing ``len(size)`` axes
-    (bilinear for images, trilinear for volumes), one matrix product per axis, ``R @ M``.
+    (bilinear for images, trilinear for volumes), one matrix product per axis, ``R @ M``;
+    half-pixel centres unless ``align_corners`` (see :func:`_interpolation_matrix`).
 
     The interpolation matrices are built once per shape on the host and moved to the maps'
     device, so the resize needs nothing beyond ``matmul`` and runs in every namespace.
@@ -145,7 +152,7 @@ def resize_linear(maps: Array, size: Sequence[int]) -> Array:
         return maps
     return _separable(
         maps,
-        [None if out == inp else _interpolation_matrix(out, inp)
+        [None if out == inp else _interpolation_matrix(out, inp, align_corners)
          for out, inp in zip(target, current, strict=True)],
     )  # fmt: skip
 
@@ -279,7 +286,7 @@ def tokens_to_grid(
     return xp.permute_dims(grid_tokens, (0, grid_tokens.ndim - 1, *range(1, grid_tokens.ndim - 1)))
 
 
-def first_principal_projection(x: Array) -> Array:
+def first_principal_projection(x: Array, *, centered: bool = False) -> Array:
     """``(N, C, *S) -> (N, *S)``: each sample projected on its first principal direction.
 
     With ``X[n]`` the ``(|S|, C)`` matrix of the sample's channel vectors and
@@ -287,13 +294,23 @@ def first_principal_projection(x: Array) -> Array:
     ``S``, as in Eigen-CAM (Muhammad & Yeasin, 2020), which takes no mean-centring. A
     singular vector's sign is arbitrary, so the sign is fixed to make the map's sum
     non-negative: the map then points the same way as the activations it summarizes.
+
+    ``centered`` first subtracts each channel's mean over the positions,
+    ``X[n] - mean_p X[n][p]``, and projects that (pytorch-grad-cam's reading). A centred
+    projection sums to zero, so its sign is fixed instead to correlate non-negatively with the
+    channel sum ``sum_c X[n][:, c]``: high where the activations are.
     """
     xp = array_namespace(x)
     n, c, spatial = x.shape[0], x.shape[1], tuple(x.shape[2:])
     matrix = xp.permute_dims(xp.reshape(x, (n, c, math.prod(spatial))), (0, 2, 1))
+    reference = xp.ones_like(matrix[:, :, 0])
+    if centered:
+        reference = xp.sum(matrix, axis=2)
+        reference = reference - xp.mean(reference, axis=1, keepdims=True)
+        matrix = matrix - xp.mean(matrix, axis=1, keepdims=True)
     _, _, v_transposed = xp.linalg.svd(matrix, full_matrices=False)
     direction = v_transposed[:, 0, :]
     projection = xp.matmul(matrix, direction[:, :, None])[:, :, 0]
-    total = xp.sum(projection, axis=1, keepdims=True)
-    sign = xp.where(total < 0, -xp.ones_like(total), xp.ones_like(total))
+    agreement = xp.sum(projection * reference, axis=1, keepdims=True)
+    sign = xp.where(agreement < 0, -xp.ones_like(agreement), xp.ones_like(agreement))
     return xp.reshape(projection * sign, (n, *spatial))

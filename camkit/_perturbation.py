@@ -45,6 +45,7 @@ __all__ = ["ISCAM", "SSCAM", "AblationCAM", "FasterScoreCAM", "ScoreCAM"]
 
 Array = Any
 Weighting = Literal["class-softmax", "channel-softmax"]
+Masks = Literal["paper", "torchcam", "pytorch-grad-cam"]
 
 
 def _host_indices(
@@ -113,9 +114,15 @@ class ScoreCAM(CamMethod):
       over channels of the increase of the target's score (its logit for a class target); the
       subtracted baseline is the same for every channel, so it cancels in the softmax.
 
-    The paper upsamples, then normalizes, as here; torchcam normalizes at the layer's size and
-    then upsamples, and tf-keras-vis upsamples with corner-aligned ``scipy.ndimage.zoom``;
-    each gives slightly different masks.
+    ``masks`` selects how ``H_k`` is made from ``A[n, k]``:
+
+    - ``"paper"`` (default): upsampled (half-pixel centres), then min-max normalized.
+    - ``"torchcam"``: min-max normalized at the layer's size, then upsampled, so a mask whose
+      extreme lies between the upsampled pixels spans less than ``[0, 1]``.
+    - ``"pytorch-grad-cam"``: upsampled with corner-aligned pixels
+      (``UpsamplingBilinear2d``), then normalized.
+
+    (tf-keras-vis upsamples with corner-aligned ``scipy.ndimage.zoom``.)
 
     Args:
         batch_size: masked inputs per forward pass; memory grows with it, never with ``C``.
@@ -144,11 +151,13 @@ class ScoreCAM(CamMethod):
         *args: Any,
         batch_size: int = 32,
         weighting: Weighting = "class-softmax",
+        masks: Masks = "paper",
         precision: Precision = "float32",
         progress: bool | None = None,
         **kwargs: Any,
     ) -> None:
         self.weighting = _checks.one_of(weighting, "weighting", self.weightings)
+        self.masks = _checks.one_of(masks, "masks", get_args(Masks))
         self.batch_size, self.precision, self.progress = _run_options(
             batch_size, precision, progress
         )
@@ -165,11 +174,18 @@ class ScoreCAM(CamMethod):
             scores = shifted / xp.sum(shifted, axis=1, keepdims=True)
         if batch.columns is not None:
             selected = xp.repeat(selected, batch.columns, axis=0)
-        return _ops.weighted_channel_sum(_per_score(scores, batch), selected)
+        return self._weighted_channel_sum(_per_score(scores, batch), selected)
 
     def _selected_channels(self, activations: Array) -> Array:
         """The channels that get a weight, ``(N, K, h, w)``: all of them here."""
         return activations
+
+    def _masks(self, activations: Array, size: tuple[int, ...]) -> Array:
+        """``(B, *s) -> (B, *S)``: each channel's mask ``H_k``, as ``masks`` reads it."""
+        if self.masks == "torchcam":
+            return _ops.resize_linear(_ops.normalize_minmax(activations), size)
+        corners = self.masks == "pytorch-grad-cam"
+        return _ops.normalize_minmax(_ops.resize_linear(activations, size, align_corners=corners))
 
     def _variants(self, masks: Array, channels: np.ndarray, seed: int) -> Iterator[Array]:
         """The masks each chunk is scored with, ``repeats`` of them; their scores are averaged.
@@ -193,7 +209,7 @@ class ScoreCAM(CamMethod):
             for start in range(0, count * channels, self.batch_size):
                 stop = min(start + self.batch_size, count * channels)
                 rows = np.arange(start, stop) // channels
-                masks = _ops.normalize_minmax(_ops.resize_linear(flat[start:stop], batch.size))
+                masks = self._masks(flat[start:stop], batch.size)
                 images = _sample_rows(image, rows)
                 target = rows_target(chosen, indices, rows, probability=probability)
                 total: Array = None
@@ -394,4 +410,4 @@ class AblationCAM(CamMethod):
         ablated = xp.reshape(xp.stack(per_sample), (count, channels, -1))  # (N, C, K)
         original = xp.reshape(xp.astype(capture.scores, ablated.dtype), (count, 1, -1))
         weights = _nonzero_divide(original - ablated, original)
-        return _ops.weighted_channel_sum(_per_score(weights, batch), grid)
+        return self._weighted_channel_sum(_per_score(weights, batch), grid)
