@@ -13,6 +13,7 @@ for writing one.
 from . import metrics, provider, targets
 from ._activation import CAM, EigenCAM, EigenGradCAM
 from ._api import explain, layers, methods
+from ._backprop import FullGrad, GuidedBackprop, GuidedGradCAM
 from ._base import CamMethod, ChannelWeightedMethod, Explanation
 from ._errors import (
     BackendError,
@@ -37,10 +38,13 @@ from ._layout import LayerInfo, LayerTable, Layout
 from ._overlay import COLORMAPS, image_grid, overlay
 from ._perturbation import ISCAM, SSCAM, AblationCAM, FasterScoreCAM, ScoreCAM
 from ._protocol import (
+    BIAS_GRADIENTS,
     CLASSIFIER_WEIGHTS,
     FORWARD_FROM_LAYER,
     FORWARD_SCORES,
     FUSED_PIPELINE,
+    INPUT_GRADIENTS,
+    PARAMETER_RANDOMIZATION,
     ActivationGradientProvider,
     Batch,
     Capture,
@@ -59,13 +63,16 @@ from ._smoothing import Augmentations
 __version__ = "0.1.0"
 
 __all__ = [
+    "BIAS_GRADIENTS",
     "CAM",
     "CLASSIFIER_WEIGHTS",
     "COLORMAPS",
     "FORWARD_FROM_LAYER",
     "FORWARD_SCORES",
     "FUSED_PIPELINE",
+    "INPUT_GRADIENTS",
     "ISCAM",
+    "PARAMETER_RANDOMIZATION",
     "SSCAM",
     "AblationCAM",
     "ActivationGradientProvider",
@@ -83,9 +90,12 @@ __all__ = [
     "EigenGradCAM",
     "Explanation",
     "FasterScoreCAM",
+    "FullGrad",
     "GradCAM",
     "GradCAMElementWise",
     "GradCAMPlusPlus",
+    "GuidedBackprop",
+    "GuidedGradCAM",
     "HiResCAM",
     "InputError",
     "LayerCAM",

@@ -8,6 +8,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from ._activation import CAM, EigenCAM, EigenGradCAM
+from ._backprop import FullGrad, GuidedBackprop, GuidedGradCAM
 from ._base import CamMethod, Explanation, LayerLike, OutputSize
 from ._errors import InputError, closest_names
 from ._gradient import (
@@ -45,6 +46,9 @@ _METHODS: dict[str, type[CamMethod]] = {
         ISCAM,
         FasterScoreCAM,
         AblationCAM,
+        GuidedBackprop,
+        GuidedGradCAM,
+        FullGrad,
     )
 }
 
@@ -87,7 +91,8 @@ def explain(
         method: one of :func:`methods`: ``"cam"``, ``"gradcam"``, ``"gradcam++"``,
             ``"xgradcam"``, ``"hirescam"``, ``"gradcam-elementwise"``, ``"layercam"``,
             ``"eigencam"``, ``"eigengradcam"``, ``"smoothgradcam++"``, ``"scorecam"``,
-            ``"sscam"``, ``"iscam"``, ``"fasterscorecam"``, ``"ablationcam"``.
+            ``"sscam"``, ``"iscam"``, ``"fasterscorecam"``, ``"ablationcam"``,
+            ``"guided-backprop"``, ``"guided-gradcam"``, ``"fullgrad"``.
         layer: a layer name, layer object, or a sequence of them; ``None`` picks the last layer
             with a spatial output (the result's ``layers`` says which).
         target: ``None`` (each sample's top-1 class), a class index, one index per sample, a
@@ -105,7 +110,8 @@ def explain(
             EigenGrad-CAM), ``masks`` (the Score-CAM family), ``classifier`` (CAM),
             ``samples``/``noise``/``seed`` (the smoothed methods), ``batch_size``,
             ``precision``, ``progress`` and ``weighting`` (the perturbation family),
-            ``channels`` (Faster Score-CAM).
+            ``channels`` (Faster Score-CAM), ``upsample`` (Guided Grad-CAM), ``variant``
+            (FullGrad).
 
     Returns:
         an :class:`Explanation` whose ``cams`` are numpy float32 ``(N, H, W)`` (``(N, L)``,

@@ -78,6 +78,12 @@ class Explanation:
     (``TopK(k)``, classes per sample, one per box), ``cams`` is ``(N, K, *S)`` and ``targets``
     and ``scores`` are ``(N, K)``: ``cams[n, k]`` explains ``scores[n, k]``, of class
     ``targets[n, k]``.
+
+    ``attributions`` is ``None``, except for the methods that explain each input channel
+    (Guided Backpropagation, Guided Grad-CAM): then it is ``(N, C, *S)`` float32 (``(N, K, C,
+    *S)`` for ``K`` scores per sample), channels-first whatever the model's layout, unscaled,
+    and ``cams`` is its magnitude over channels, ``max_c |attributions[n, c]|`` (normalized
+    as ``cams`` are).
     """
 
     cams: np.ndarray
@@ -86,6 +92,7 @@ class Explanation:
     layers: tuple[str, ...]
     method: str
     backend: str
+    attributions: np.ndarray | None = None
 
     def __len__(self) -> int:
         return int(self.cams.shape[0])

@@ -13,7 +13,7 @@ tokens of a transformer.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from functools import lru_cache
 from typing import Any, Literal
 
@@ -30,6 +30,7 @@ __all__ = [
     "normalize_minmax",
     "relu",
     "resize_linear",
+    "resize_nearest",
     "spatial_axes",
     "spatial_mean",
     "spatial_sum",
@@ -146,13 +147,35 @@ def resize_linear(maps: Array, size: Sequence[int], *, align_corners: bool = Fal
     The interpolation matrices are built once per shape on the host and moved to the maps'
     device, so the resize needs nothing beyond ``matmul`` and runs in every namespace.
     """
+    return _resized(maps, size, lambda out, inp: _interpolation_matrix(out, inp, align_corners))
+
+
+@lru_cache(maxsize=64)
+def _nearest_matrix(size_out: int, size_in: int) -> np.ndarray:
+    """``(size_out, size_in)`` float32 0/1 matrix taking output pixel ``dst`` from input pixel
+    ``floor(dst * size_in / size_out)``, the convention of ``torch.nn.functional.interpolate(
+    mode="nearest")``."""
+    source = np.minimum(np.floor(np.arange(size_out) * (size_in / size_out)), size_in - 1)
+    matrix = np.zeros((size_out, size_in), dtype=np.float32)
+    matrix[np.arange(size_out), source.astype(np.int64)] = 1.0
+    return matrix
+
+
+def resize_nearest(maps: Array, size: Sequence[int]) -> Array:
+    """``(..., *s) -> (..., *size)``: nearest-neighbour resize of the trailing ``len(size)``
+    axes, each output pixel a copy of one input pixel (see :func:`_nearest_matrix`)."""
+    return _resized(maps, size, _nearest_matrix)
+
+
+def _resized(maps: Array, size: Sequence[int], matrix: Callable[[int, int], np.ndarray]) -> Array:
+    """``maps`` with ``matrix(out, in)`` applied along each trailing axis whose size changes."""
     target = tuple(int(s) for s in size)
     current = tuple(int(s) for s in maps.shape[maps.ndim - len(target) :])
     if target == current:
         return maps
     return _separable(
         maps,
-        [None if out == inp else _interpolation_matrix(out, inp, align_corners)
+        [None if out == inp else matrix(out, inp)
          for out, inp in zip(target, current, strict=True)],
     )  # fmt: skip
 

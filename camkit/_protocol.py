@@ -12,7 +12,12 @@ capability                     protocol              needed by
 :data:`FUSED_PIPELINE`         FusedPipeline         compiling capture and map math together (JAX)
 :data:`FORWARD_SCORES`         ForwardScores         Score-CAM family, Smooth Grad-CAM++, metrics
 :data:`FORWARD_FROM_LAYER`     ForwardFromLayer      Ablation-CAM
+:data:`INPUT_GRADIENTS`        InputGradients        Guided Backpropagation, Guided Grad-CAM
+:data:`BIAS_GRADIENTS`         BiasGradients         FullGrad
 =============================  ====================  ==============================================
+
+The sanity checks of :mod:`camkit.metrics` need :data:`PARAMETER_RANDOMIZATION`
+(:class:`ParameterRandomization`: randomized copies of the model).
 
 A model's inputs reach a provider as a :class:`~camkit.provider.ModelInputs` (one array, or
 several inputs with extra arguments, and which one is the image). Captured arrays cross this
@@ -36,18 +41,27 @@ from ._layout import LayerTable, LayoutLike
 from ._targets import ScoredTarget, Target
 
 __all__ = [
+    "BIAS_GRADIENTS",
     "CLASSIFIER_WEIGHTS",
     "FORWARD_FROM_LAYER",
     "FORWARD_SCORES",
     "FUSED_PIPELINE",
+    "INPUT_GRADIENTS",
+    "PARAMETER_RANDOMIZATION",
     "ActivationGradientProvider",
     "Batch",
+    "BiasGradients",
+    "BiasKind",
     "Capability",
     "Capture",
     "ClassifierWeights",
     "ForwardFromLayer",
     "ForwardScores",
+    "FullGradients",
     "FusedPipeline",
+    "GradientRule",
+    "InputGradients",
+    "ParameterRandomization",
     "Precision",
     "capability",
 ]
@@ -56,6 +70,12 @@ __all__ = [
 Array = Any
 #: The dtype of the forward passes of the perturbation methods and metrics.
 Precision = Literal["float32", "bfloat16", "float16"]
+#: How gradients pass back through the model's ReLUs: ``"standard"`` (the derivative,
+#: ``[x > 0] * dL/dy``) or ``"guided"`` (Springenberg et al. 2015: ``[x > 0] * ReLU(dL/dy)``).
+GradientRule = Literal["standard", "guided"]
+#: What holds a layer's bias: a convolution, a linear layer, or a batch normalization (in
+#: inference, the affine map ``gamma (z - mean) / sqrt(var + eps) + beta``).
+BiasKind = Literal["convolution", "linear", "normalization"]
 
 
 @dataclass(frozen=True)
@@ -218,6 +238,65 @@ class ForwardFromLayer(Protocol):
         ...
 
 
+class InputGradients(Protocol):
+    def input_gradients(
+        self, inputs: ModelInputs, target: Target, *, rule: GradientRule
+    ) -> tuple[Array, ScoredTarget]:
+        """``dS/dx``: the gradient of the target's summed score with respect to the image,
+        channels-first ``(N, C, *S)`` float32 (``(N, K, C, *S)`` for ``(N, K)`` scores, one
+        gradient per column), with every ReLU passing gradients back by ``rule``, and the
+        scores. The ReLUs are guided only while the call runs: the model keeps no trace of
+        it. A model whose ReLUs the backend cannot reach raises a ``CapabilityError``."""
+        ...
+
+
+@dataclass(frozen=True)
+class FullGradients:
+    """The full-gradient decomposition of one batch (Srinivas & Fleuret, NeurIPS 2019):
+    ``input_gradients`` ``dS/dx`` of the image, channels-first ``(N, C, *S)``; per layer ``l``
+    asked for, ``bias_terms[l] = b_l[c] * dS/dz_l[n, c, ...]`` channels-first
+    ``(N, C_l, *S_l)``, where ``z_l`` is the layer's output before any activation and ``b_l``
+    its (effective) bias; ``scored`` the target's scores. For ``(N, K)`` scores every array
+    has a target axis after the batch axis."""
+
+    input_gradients: Array
+    bias_terms: tuple[Array, ...]
+    scored: ScoredTarget
+
+
+class BiasGradients(Protocol):
+    def bias_layers(self, inputs: ModelInputs) -> dict[str, BiasKind]:
+        """Every layer with a bias over the image's spatial axes (its output a feature map
+        laid out channels-first or channels-last), in the model's order, with what holds the
+        bias."""
+        ...
+
+    def bias_gradients(
+        self, inputs: ModelInputs, layers: Sequence[str], target: Target
+    ) -> FullGradients:
+        """The image's gradient and the bias terms of ``layers`` (from :meth:`bias_layers`),
+        from one forward and backward pass with standard gradients."""
+        ...
+
+
+class ParameterRandomization(Protocol):
+    def parameter_layers(self, inputs: ModelInputs) -> Sequence[str]:
+        """The layers that own parameters (learned weights, not running statistics), in the
+        order the forward pass on ``inputs`` reaches them (``""`` for the model's own
+        parameters); layers the pass never runs are left out."""
+        ...
+
+    def randomized(self, layers: Sequence[str], seed: int) -> object:
+        """A new model of the framework, independent of the provider's (which is left exactly
+        as it was), with the parameters of ``layers`` (from :meth:`parameter_layers`)
+        re-initialized: by the layer's own initializer where the framework keeps one, else
+        seeded normal draws at the original's scale. A layer's new values depend only on
+        ``seed`` and the layer (:func:`~camkit.provider.parameter_seed`), so every step of a
+        cascade gives a layer the same values. A backend that cannot build one raises a
+        ``CapabilityError`` saying why."""
+        ...
+
+
 #: Capability: ``classifier_weights()`` (CAM).
 CLASSIFIER_WEIGHTS: Capability[ClassifierWeights] = Capability(
     "classifier_weights", ClassifierWeights
@@ -229,6 +308,14 @@ FORWARD_SCORES: Capability[ForwardScores] = Capability("forward_scores", Forward
 #: Capability: ``forward_from_layer`` (Ablation-CAM).
 FORWARD_FROM_LAYER: Capability[ForwardFromLayer] = Capability(
     "forward_from_layer", ForwardFromLayer
+)
+#: Capability: ``input_gradients`` (Guided Backpropagation, Guided Grad-CAM).
+INPUT_GRADIENTS: Capability[InputGradients] = Capability("input_gradients", InputGradients)
+#: Capability: ``bias_layers`` and ``bias_gradients`` (FullGrad).
+BIAS_GRADIENTS: Capability[BiasGradients] = Capability("bias_gradients", BiasGradients)
+#: Capability: ``parameter_layers`` and ``randomized`` (the parameter-randomization check).
+PARAMETER_RANDOMIZATION: Capability[ParameterRandomization] = Capability(
+    "parameter_randomization", ParameterRandomization
 )
 
 

@@ -25,6 +25,8 @@ What it holds:
 - running the model: :func:`model_lock` (one thread at a time per model) and
   :func:`running_model` (a model's failure becomes a :class:`ModelError`);
 - per-model state: :class:`ModelTable` (weak, by identity) and :class:`CompiledCache`;
+- parameter randomization: :func:`forward_order`, :func:`parameter_seed` and
+  :func:`rescaled_normal`;
 - arrays: :func:`array_namespace`, :func:`device`, and :func:`register_namespace` for a
   framework without an Array API namespace.
 """
@@ -45,36 +47,51 @@ from ._layout import LayerInfo, LayerTable, Layout, LayoutLike
 from ._model_state import CompiledCache, ModelTable, layer_table, model_lock
 from ._namespace import array_namespace, device, register_namespace
 from ._protocol import (
+    BIAS_GRADIENTS,
     CLASSIFIER_WEIGHTS,
     FORWARD_FROM_LAYER,
     FORWARD_SCORES,
     FUSED_PIPELINE,
+    INPUT_GRADIENTS,
+    PARAMETER_RANDOMIZATION,
     ActivationGradientProvider,
     Batch,
+    BiasGradients,
+    BiasKind,
     Capability,
     Capture,
     ClassifierWeights,
     ForwardFromLayer,
     ForwardScores,
+    FullGradients,
     FusedPipeline,
+    GradientRule,
+    InputGradients,
+    ParameterRandomization,
     Pipeline,
     Precision,
     capability,
 )
+from ._randomization import forward_order, parameter_seed, rescaled_normal
 from ._registry import Backend, hookimpl, module_available
 from ._running import check_image, image_size, running_model
 from ._scoring import TracedTarget, check_outputs, score_outputs, trace_target
 from ._targets import CallableTarget, ScoredTarget, Target
 
 __all__ = [
+    "BIAS_GRADIENTS",
     "CLASSIFIER_WEIGHTS",
     "FORWARD_FROM_LAYER",
     "FORWARD_SCORES",
     "FUSED_PIPELINE",
+    "INPUT_GRADIENTS",
+    "PARAMETER_RANDOMIZATION",
     "ActivationGradientProvider",
     "Backend",
     "BackendError",
     "Batch",
+    "BiasGradients",
+    "BiasKind",
     "CallableTarget",
     "CamkitError",
     "Capability",
@@ -84,8 +101,11 @@ __all__ = [
     "CompiledCache",
     "ForwardFromLayer",
     "ForwardScores",
+    "FullGradients",
     "FusedPipeline",
+    "GradientRule",
     "InputError",
+    "InputGradients",
     "LayerError",
     "LayerInfo",
     "LayerTable",
@@ -94,6 +114,7 @@ __all__ = [
     "ModelError",
     "ModelInputs",
     "ModelTable",
+    "ParameterRandomization",
     "Pipeline",
     "Precision",
     "ScoredTarget",
@@ -107,12 +128,15 @@ __all__ = [
     "closest_names",
     "device",
     "find_layer",
+    "forward_order",
     "hookimpl",
     "image_size",
     "layer_table",
     "model_lock",
     "module_available",
+    "parameter_seed",
     "register_namespace",
+    "rescaled_normal",
     "running_model",
     "score_outputs",
     "trace_target",

@@ -34,10 +34,16 @@ import numpy as np
 
 from camkit import provider as kit
 from camkit.provider import (
+    BIAS_GRADIENTS,
     FORWARD_FROM_LAYER,
     FORWARD_SCORES,
     FUSED_PIPELINE,
+    INPUT_GRADIENTS,
+    PARAMETER_RANDOMIZATION,
+    BiasKind,
     Capture,
+    FullGradients,
+    GradientRule,
     InputError,
     LayerTable,
     ModelInputs,
@@ -47,6 +53,9 @@ from camkit.provider import (
     Target,
 )
 
+from . import _randomize
+from ._backprop import Backward, backward
+from ._biases import bias_layers, effective_biases, has_biases
 from ._cache import compiled, trace_count
 from ._kinds import FunctionKind, Layout, Run, layout_of, model_kind
 from ._trace import Call, Captured, capture, forward, probe, replaced, vmapped
@@ -138,7 +147,9 @@ class JaxProvider:
         self.kind = model_kind(model)
         self.capabilities = (
             frozenset({FUSED_PIPELINE, FORWARD_SCORES, FORWARD_FROM_LAYER}) | self.kind.capabilities
-        )
+        ) | {PARAMETER_RANDOMIZATION, INPUT_GRADIENTS}
+        if has_biases(self.kind):
+            self.capabilities |= {BIAS_GRADIENTS}
         self._lock = kit.model_lock(self.kind.owner)
         self._keys: list[Hashable] = []
 
@@ -332,6 +343,70 @@ class JaxProvider:
         result = self._call(function, params, inputs, split.arrays, activations, traced.arrays)
         return self._scored(result, target, count)
 
+    # -- input-space gradients (guided backpropagation, FullGrad) ---------------------------
+
+    def input_gradients(
+        self, inputs: ModelInputs, target: Target, *, rule: GradientRule
+    ) -> tuple[Any, ScoredTarget]:
+        """``dS/dx`` of the image, channels-first ``(N, C, *S)`` float32, every ReLU passing
+        gradients back by ``rule`` (``"guided"``: see :mod:`camkit_jax._guided`)."""
+        result = self._backward(inputs, target, rule, (), {})
+        return result.input_gradients, ScoredTarget(result.scores, result.indices)
+
+    def bias_layers(self, inputs: ModelInputs) -> dict[str, BiasKind]:
+        """The layers with a bias (see :mod:`camkit_jax._biases`) whose output is a feature
+        map, in the model's order."""
+        table = self.layers(inputs)  # checks the inputs first
+        known = bias_layers(self.kind, lambda: self._probe(inputs), inputs.signature())
+        return {
+            row.name: known[row.name].kind
+            for row in table
+            if row.name in known and row.spatial is not None
+            and row.layout in ("channels_first", "channels_last")
+        }  # fmt: skip
+
+    def bias_gradients(
+        self, inputs: ModelInputs, layers: Sequence[str], target: Target
+    ) -> FullGradients:
+        """The image's gradient and ``b[c] * dS/dz`` of each of ``layers``, channels-first."""
+        self._prepare(inputs)
+        known = bias_layers(self.kind, lambda: self._probe(inputs), inputs.signature())
+        biases = effective_biases(self.kind, {path: known[path] for path in layers})
+        result = self._backward(inputs, target, "standard", tuple(layers), biases)
+        scored = ScoredTarget(result.scores, result.indices)
+        return FullGradients(result.input_gradients, result.bias_terms, scored)
+
+    def _backward(
+        self, inputs: ModelInputs, target: Target, rule: GradientRule, layers: tuple[str, ...],
+        biases: dict[str, Any],
+    ) -> Backward:  # fmt: skip
+        self._prepare(inputs)
+        count = inputs.count
+        traced = kit.trace_target(target, count)
+        split = _arguments(inputs)
+        table = self.layers(inputs)
+        channels_last = tuple(table[path].layout == "channels_last" for path in layers)
+
+        def build(run: Run, layout: Layout) -> Callable[..., Any]:
+            def backward_pass(
+                params: Any, arrays: list[Any], data: dict[str, Any], biases: dict[str, Any]
+            ) -> Backward:
+                call = split.call(arrays)
+                call = call.with_image(call.image.astype(_float_dtype(params)))
+                return backward(
+                    layout, run, params, call, traced.bind(data), rule, layers, channels_last,
+                    biases,
+                )  # fmt: skip
+
+            return backward_pass
+
+        name = ("backward", rule, layers, channels_last, traced.key, split.key)
+        function, params = self._compiled(name, build)
+        result: Backward = self._call(function, params, inputs, split.arrays, traced.arrays, biases)
+        channels = self.kind.layout.channels_last
+        kit.check_outputs(target, result.outputs, count, channels_last=channels)
+        return result
+
     # -- helpers --------------------------------------------------------------------------
 
     def _size(self, image: Any) -> tuple[int, ...]:
@@ -371,6 +446,14 @@ class JaxProvider:
                 "(the model's last linear layer); pass no classifier="
             )
         return self.kind.classifier_weights()
+
+    def parameter_layers(self, inputs: ModelInputs) -> list[str]:
+        """The layers owning parameters, in forward order (``_randomize``)."""
+        return _randomize.parameter_layers(self.kind, self.layers(inputs))
+
+    def randomized(self, layers: Sequence[str], seed: int) -> object:
+        """A new model with the parameters of ``layers`` re-drawn (``_randomize``)."""
+        return _randomize.randomized(self.kind, layers, seed)
 
     def input_size(self, inputs: ModelInputs) -> tuple[int, ...]:
         return self._size(inputs.image)

@@ -13,13 +13,18 @@ from typing import Any
 
 import camkit
 
-__all__ = ["camkit_backends", "is_keras_model"]
+from ._substituted import Substituted
+
+__all__ = ["Substituted", "camkit_backends", "is_keras_model"]
 
 _KERAS_MODULES = ("keras", "tf_keras")
 
 
 def is_keras_model(model: Any) -> bool:
-    """Whether ``model`` is a Keras layer or model (Keras 3 or tf-keras), without importing."""
+    """Whether ``model`` is a Keras layer or model (Keras 3 or tf-keras), or a
+    :class:`Substituted` one, without importing."""
+    if isinstance(model, Substituted):
+        return True
     for name in _KERAS_MODULES:
         keras = sys.modules.get(name)
         layers = getattr(keras, "layers", None)

@@ -48,12 +48,18 @@ import tensorflow as tf
 
 from camkit import provider as kit
 from camkit.provider import (
+    BIAS_GRADIENTS,
     CLASSIFIER_WEIGHTS,
     FORWARD_FROM_LAYER,
     FORWARD_SCORES,
+    INPUT_GRADIENTS,
+    PARAMETER_RANDOMIZATION,
     BackendError,
+    BiasKind,
     CapabilityError,
     Capture,
+    FullGradients,
+    GradientRule,
     InputError,
     LayerError,
     LayerTable,
@@ -67,7 +73,10 @@ from camkit.provider import (
 )
 from camkit.targets import ClassTarget
 
+from . import _randomize
+from ._backprop import bias_kind, check_all_guided, effective_bias, guided_relu, relu_routes
 from ._namespace import TensorFlowNamespace
+from ._substituted import Substituted
 
 __all__ = ["KerasProvider"]
 
@@ -83,8 +92,11 @@ def _keras_module(model: Any) -> Any:
 
 
 @contextlib.contextmanager
-def _shadow_calls(layers: Mapping[str, Any], wrap: Callable[[str, Any], Any]) -> Iterator[None]:
-    """Shadow each layer's ``call`` with ``wrap(path, call)`` and always restore it.
+def _shadow_calls(
+    layers: Mapping[str, Any], wrap: Callable[[str, Any], Any], attribute: str = "call"
+) -> Iterator[None]:
+    """Shadow each layer's ``call`` (or another ``attribute``, such as its ``activation``) with
+    ``wrap(path, original)`` and always restore it.
 
     ``object.__setattr__`` bypasses Keras' attribute tracking, so nothing is tracked and the
     instance dictionary is left exactly as it was.
@@ -92,17 +104,17 @@ def _shadow_calls(layers: Mapping[str, Any], wrap: Callable[[str, Any], Any]) ->
     shadowed: list[tuple[Any, bool, Any]] = []
     try:
         for path, layer in layers.items():
-            own = "call" in vars(layer)
-            original = layer.call
-            object.__setattr__(layer, "call", wrap(path, original))
+            own = attribute in vars(layer)
+            original = getattr(layer, attribute)
+            object.__setattr__(layer, attribute, wrap(path, original))
             shadowed.append((layer, own, original))
         yield
     finally:
         for layer, own, original in reversed(shadowed):
             if own:
-                object.__setattr__(layer, "call", original)
+                object.__setattr__(layer, attribute, original)
             else:
-                object.__delattr__(layer, "call")
+                object.__delattr__(layer, attribute)
 
 
 @contextlib.contextmanager
@@ -185,6 +197,22 @@ class _Scored(NamedTuple):
     indices: Any
 
 
+class _Backward(NamedTuple):
+    """What a compiled backward pass to the image returns (see :class:`FullGradients`)."""
+
+    input_gradients: Any
+    bias_terms: list[Any]
+    outputs: Any
+    scores: Any
+    indices: Any
+
+
+def _last_axis_to(x: tf.Tensor, axis: int) -> tf.Tensor:
+    """``x`` with its last axis moved to ``axis`` (a channels-last map made channels-first)."""
+    rank = x.shape.rank
+    return tf.transpose(x, (*range(axis), rank - 1, *range(axis, rank - 1)))
+
+
 def _keras_layout(
     layer: Any, given: Any, output: Any, known: Mapping[int, Layout], rank: int
 ) -> Layout | None:
@@ -224,9 +252,17 @@ def _host(structure: Any) -> Any:
 class KerasProvider:
     """Captures activations and gradients of a Keras model running on TensorFlow."""
 
-    capabilities = frozenset({CLASSIFIER_WEIGHTS, FORWARD_SCORES, FORWARD_FROM_LAYER})
+    capabilities = frozenset(
+        {CLASSIFIER_WEIGHTS, FORWARD_SCORES, FORWARD_FROM_LAYER, INPUT_GRADIENTS, BIAS_GRADIENTS}
+        | {PARAMETER_RANDOMIZATION}
+    )
 
     def __init__(self, model: Any) -> None:
+        # a Substituted model runs the user's model, under its lock, in a StatelessScope; what
+        # is traced or learned of it is kept apart from the model's own (``self._owner``)
+        self._substituted = model if isinstance(model, Substituted) else None
+        self._owner: object = model
+        model = model.model if isinstance(model, Substituted) else model
         keras = _keras_module(model)
         if not isinstance(model, keras.layers.Layer):
             raise InputError(f"the tf backend needs a Keras model, got {type(model).__qualname__}")
@@ -240,7 +276,7 @@ class KerasProvider:
         self.keras = keras
         self.model = model
         self._name = repr(model.name)
-        self._cache = _CACHES.get(model)
+        self._cache = _CACHES.get(self._owner)
         self._lock = kit.model_lock(model)
 
     @property
@@ -273,7 +309,7 @@ class KerasProvider:
 
     def layers(self, inputs: ModelInputs) -> LayerTable:
         prepared = self._prepare(inputs)
-        return kit.layer_table(self.model, prepared.signature(), lambda: self._probe(prepared))
+        return kit.layer_table(self._owner, prepared.signature(), lambda: self._probe(prepared))
 
     def _probe(self, inputs: ModelInputs) -> LayerTable:
         """Run the model once, recording every layer's output shape and layout in order."""
@@ -340,8 +376,14 @@ class KerasProvider:
         return model
 
     def _run(self, compiled: Any, inputs: ModelInputs, *args: Any) -> Any:
-        with self._lock, self._running(inputs):
+        with self._lock, self._running(inputs), self._scope():
             return compiled(*self._arguments(inputs), *args)
+
+    def _scope(self) -> contextlib.AbstractContextManager[Any]:
+        """Where a :class:`Substituted` model's variables read their new values (while a
+        compiled function is traced), else nothing."""
+        substituted = self._substituted
+        return contextlib.nullcontext() if substituted is None else substituted.scope()
 
     @staticmethod
     def _arguments(inputs: ModelInputs) -> tuple[Any, dict[str, Any]]:
@@ -587,6 +629,142 @@ class KerasProvider:
                     stacklevel=4,
                 )
 
+    # -- input-space gradients (guided backpropagation, FullGrad) ---------------------------
+
+    def input_gradients(
+        self, inputs: ModelInputs, target: Target, *, rule: GradientRule
+    ) -> tuple[np.ndarray, ScoredTarget]:
+        """``dS/dx`` of the image, channels-first ``(N, C, *S)`` float32, every ReLU passing
+        gradients back by ``rule`` (``"guided"``: see :mod:`camkit_tf._backprop`)."""
+        full = self._backward(inputs, target, rule, ())
+        return full.input_gradients, full.scored
+
+    def bias_layers(self, inputs: ModelInputs) -> dict[str, BiasKind]:
+        """The layers with a bias on the channel axis of a feature map: convolutions, batch
+        normalizations, and ``Dense`` layers applied to a feature map."""
+        layers = self._layers()
+        found: dict[str, BiasKind] = {}
+        for row in self.layers(inputs):
+            if row.spatial is None or row.layout not in ("channels_first", "channels_last"):
+                continue
+            channels = row.shape[1] if row.layout == "channels_first" else row.shape[-1]
+            kind = bias_kind(self.keras, layers[row.name], channels)
+            if kind is not None:
+                found[row.name] = kind
+        return found
+
+    def bias_gradients(
+        self, inputs: ModelInputs, layers: Sequence[str], target: Target
+    ) -> FullGradients:
+        """The image's gradient and ``b[c] * dS/dz`` of each of ``layers``, channels-first,
+        ``z`` the layer's output before its activation."""
+        return self._backward(inputs, target, "standard", tuple(layers))
+
+    def _backward(
+        self, inputs: ModelInputs, target: Target, rule: GradientRule, layers: tuple[str, ...]
+    ) -> FullGradients:
+        prepared = self._prepare(inputs)
+        count = prepared.count
+        traced = kit.trace_target(target, count)
+        table = self.layers(prepared)
+        channels_last = tuple(table[path].layout == "channels_last" for path in layers)
+        key = ("backward", rule, layers, channels_last, traced.key, prepared.key)
+        body = self._backward_body(rule, layers, channels_last, traced, prepared.key)
+        result: _Backward = self._run(self._compiled(key, body), prepared, self._arrays(traced))
+        kit.check_outputs(target, result.outputs, count, channels_last=True)
+        indices = None if result.indices is None else result.indices.numpy()
+        return FullGradients(
+            result.input_gradients.numpy(),
+            tuple(term.numpy() for term in result.bias_terms),
+            ScoredTarget(result.scores.numpy(), indices),
+        )
+
+    def _backward_body(
+        self, rule: GradientRule, layers: tuple[str, ...], channels_last: tuple[bool, ...],
+        traced: TracedTarget, key: Any,
+    ) -> Callable[..., _Backward]:  # fmt: skip
+        """A forward pass with the image and the pre-activation outputs ``z`` of ``layers``
+        watched, each ReLU guided if ``rule`` says, and the backward pass to them."""
+        model_ref = self._model_ref()
+        every = self._layers()
+        keras = self.keras
+        chosen = {path: every[path] for path in layers}
+        guided_calls, guided_activations = (
+            relu_routes(keras, every) if rule == "guided" else ({}, frozenset())
+        )
+        # a layer with an activation is watched at the activation's input: ``z``
+        before_activation = frozenset(
+            path for path, layer in chosen.items() if hasattr(layer, "activation")
+        )
+        shadowed_activations = {p: every[p] for p in guided_activations | before_activation}
+        shadowed_calls = {p: every[p] for p in {*guided_calls, *layers} - before_activation}
+        logits_of = functools.partial(_logits_of, keras, self._final_softmax_layer())
+
+        def backward(structure: Any, kwargs: dict[str, Any], arrays: dict[str, Any]) -> _Backward:
+            recorded: dict[str, Any] = {}
+
+            def keep(path: str, tensor: Any) -> None:
+                tape.watch(tensor)
+                recorded[path] = tensor  # a layer called several times: its last call
+
+            def activation(path: str, original: Callable[..., Any]) -> Callable[..., Any]:
+                applied = guided_relu if path in guided_activations else original
+
+                def shadowing_activation(z: Any) -> Any:
+                    if path in before_activation:
+                        keep(path, z)
+                    return applied(z)
+
+                return shadowing_activation
+
+            def call(path: str, original: Callable[..., Any]) -> Callable[..., Any]:
+                run = guided_calls.get(path, original)
+
+                def shadowing_call(*args: Any, **call_kwargs: Any) -> Any:
+                    output = run(*args, **call_kwargs)
+                    if path in chosen and path not in before_activation:
+                        keep(path, _first_tensor(output))
+                    return output
+
+                return shadowing_call
+
+            image = structure if key is None else structure[key]
+            with tf.GradientTape(watch_accessed_variables=False) as tape:
+                tape.watch(image)
+                # the softmax left out first: a watched activation wraps what then remains
+                with logits_of(), _shadow_calls(shadowed_activations, activation, "activation"):
+                    with _shadow_calls(shadowed_calls, call):
+                        outputs = model_ref()(structure, training=False, **kwargs)
+                scored = kit.score_outputs(
+                    traced.bind(arrays), outputs, image.shape[0], channels_last=True
+                )
+                total = tf.reduce_sum(scored.scores, axis=0)
+            if rule == "guided":
+                check_all_guided(tf.compat.v1.get_default_graph())
+            missing = [path for path in layers if path not in recorded]
+            if missing:
+                raise LayerError(
+                    f"layer {missing[0]!r} was not called during the forward pass; choose a "
+                    "layer that the model uses"
+                )
+            tensors = [image, *(recorded[path] for path in layers)]
+            lead = tf.shape(scored.scores)
+            grads = [
+                tf.zeros(tf.concat([lead, tf.shape(t)[1:]], 0)) if g is None
+                else tf.cast(g, tf.float32)
+                for t, g in zip(tensors, _gradients(tape, total, tensors), strict=True)
+            ]  # fmt: skip
+            axis = scored.scores.shape.rank  # the channel axis, after batch and target axes
+            terms = []
+            for path, last, grad in zip(layers, channels_last, grads[1:], strict=True):
+                bias = effective_bias(keras, chosen[path])
+                grad = _last_axis_to(grad, axis) if last else grad
+                terms.append(grad * tf.reshape(bias, (-1, *(1,) * (grad.shape.rank - axis - 1))))
+            input_gradients = _last_axis_to(grads[0], axis)  # Keras images are channels-last
+            return _Backward(input_gradients, terms, outputs, scored.scores, scored.indices)
+
+        return backward
+
     # -- helpers --------------------------------------------------------------------------
 
     def _running(self, inputs: ModelInputs) -> contextlib.AbstractContextManager[None]:
@@ -627,7 +805,23 @@ class KerasProvider:
         kernel = getattr(layers[path], "kernel", None)
         if kernel is None or len(kernel.shape) != 2:
             raise LayerError(f"classifier={path!r} has no (features, classes) kernel")
+        if self._substituted is not None:
+            with self._scope():
+                kernel = kernel.value  # a Keras 3 variable's value in the scope: the new one
         return np.asarray(kernel, dtype=np.float32).T.copy()
+
+    def parameter_layers(self, inputs: ModelInputs) -> list[str]:
+        """The layers holding trainable variables themselves, in forward order
+        (``_randomize``)."""
+        return _randomize.parameter_layers(
+            self.keras, self.model, self._layers(), self.layers(inputs)
+        )
+
+    def randomized(self, layers: Sequence[str], seed: int) -> Substituted:
+        """The model with new values for the variables of ``layers`` (``_randomize``)."""
+        return _randomize.randomized(
+            self.keras, self.model, self._layers(), layers, seed, self._substituted, self._name
+        )
 
     def input_size(self, inputs: ModelInputs) -> tuple[int, ...]:
         return kit.image_size(tuple(inputs.image.shape), channels_last=True)

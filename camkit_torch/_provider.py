@@ -43,11 +43,17 @@ import torch
 
 from camkit import provider as kit
 from camkit.provider import (
+    BIAS_GRADIENTS,
     CLASSIFIER_WEIGHTS,
     FORWARD_FROM_LAYER,
     FORWARD_SCORES,
+    INPUT_GRADIENTS,
+    PARAMETER_RANDOMIZATION,
     BackendError,
+    BiasKind,
     Capture,
+    FullGradients,
+    GradientRule,
     InputError,
     LayerError,
     LayerTable,
@@ -57,6 +63,9 @@ from camkit.provider import (
     ScoredTarget,
     Target,
 )
+
+from . import _randomize
+from ._backprop import bias_kind, effective_bias, guided_relus
 
 __all__ = ["TorchProvider"]
 
@@ -179,7 +188,10 @@ class TorchProvider:
             each capture and restore every submodule's own mode afterwards.
     """
 
-    capabilities = frozenset({CLASSIFIER_WEIGHTS, FORWARD_SCORES, FORWARD_FROM_LAYER})
+    capabilities = frozenset(
+        {CLASSIFIER_WEIGHTS, FORWARD_SCORES, FORWARD_FROM_LAYER, INPUT_GRADIENTS, BIAS_GRADIENTS}
+        | {PARAMETER_RANDOMIZATION}
+    )
 
     def __init__(self, model: Any, *, eval_mode: bool = True) -> None:
         if not isinstance(model, torch.nn.Module):
@@ -524,6 +536,98 @@ class TorchProvider:
             self._forward(inputs)
         return max(len(calls), 1)
 
+    # -- input-space gradients (guided backpropagation, FullGrad) ---------------------------
+
+    def input_gradients(
+        self, inputs: ModelInputs, target: Target, *, rule: GradientRule
+    ) -> tuple[torch.Tensor, ScoredTarget]:
+        """``dS/dx`` of the image, ``(N, C, *S)`` float32, every ReLU passing gradients back
+        by ``rule`` (``"guided"``: see :func:`camkit_torch._backprop.guided_relus`)."""
+        full = self._backward(inputs, target, rule, ())
+        return full.input_gradients, full.scored
+
+    def bias_layers(self, inputs: ModelInputs) -> dict[str, BiasKind]:
+        """The modules with a bias on the channel axis of a feature map: convolutions and
+        batch normalizations (channels-first), linear layers on channels-last maps."""
+        modules = self._modules()
+        found: dict[str, BiasKind] = {}
+        for row in self.layers(inputs):
+            kind = bias_kind(modules[row.name], self.eval_mode)
+            expected = "channels_last" if kind == "linear" else "channels_first"
+            if kind is not None and row.spatial is not None and row.layout == expected:
+                found[row.name] = kind
+        return found
+
+    def bias_gradients(
+        self, inputs: ModelInputs, layers: Sequence[str], target: Target
+    ) -> FullGradients:
+        """The image's gradient and ``b[c] * dS/dz`` of each of ``layers``, channels-first."""
+        return self._backward(inputs, target, "standard", tuple(layers))
+
+    def _backward(
+        self, inputs: ModelInputs, target: Target, rule: GradientRule, layers: tuple[str, ...]
+    ) -> FullGradients:
+        """One forward pass from the image as a fresh leaf and one backward pass to the image
+        and to the outputs of ``layers`` (at their last call). Each of those layers hands on a
+        copy of its output, so an in-place op after it (``ReLU(inplace=True)``) leaves the
+        output whose gradient is taken as it was."""
+        prepared = self._prepare(inputs)
+        modules = self._modules()
+        outputs_of: dict[str, torch.Tensor] = {}
+
+        def keep(name: str) -> Hook:
+            def hook(module: torch.nn.Module, args: Any, output: Any) -> Any:
+                tensor = _first_tensor(output)
+                if tensor is None:
+                    return None
+                outputs_of[name] = tensor
+                return _with_first(output, tensor.clone())
+
+            return hook
+
+        guiding = guided_relus(self.model) if rule == "guided" else contextlib.nullcontext()
+        chosen = {name: modules[name] for name in layers}
+        with self._lock, _hooked(chosen, keep), self._evaluating():
+            with torch.inference_mode(False), torch.enable_grad():
+                image = prepared.image.detach().clone().requires_grad_()
+                with guiding:
+                    outputs = self._forward(prepared.with_image(image))
+                scored = self._scored(outputs, target, prepared.count)
+                missing = [name for name in layers if name not in outputs_of]
+                if missing:
+                    raise LayerError(
+                        f"layer {missing[0]!r} was not called during the forward pass of "
+                        f"{self._name}; choose a layer that the forward pass uses"
+                    )
+                tensors = [image, *(outputs_of[name] for name in layers)]
+                grads = self._gradients_or_zeros(scored.scores, tensors)
+        axis = scored.scores.ndim  # the channel axis, after the batch and any target axis
+        terms = []
+        for name, grad in zip(layers, grads[1:], strict=True):
+            module = modules[name]
+            if bias_kind(module, self.eval_mode) == "linear":  # channels-last
+                grad = grad.movedim(-1, axis)
+            bias = effective_bias(module).to(grad.device)
+            terms.append(grad * bias.reshape(-1, *(1,) * (grad.ndim - axis - 1)))
+        detached = ScoredTarget(scored.scores.detach(), scored.indices)
+        return FullGradients(grads[0], tuple(terms), detached)
+
+    def _gradients_or_zeros(
+        self, scores: torch.Tensor, tensors: list[torch.Tensor]
+    ) -> list[torch.Tensor]:
+        """``d sum_n S[n] / dt`` for each tensor ``t`` as float32, ``(N, K, ...)`` for ``(N, K)``
+        scores; zeros for a tensor the scores do not depend on."""
+        found: Sequence[torch.Tensor | None] = [None] * len(tensors)
+        if scores.requires_grad and scores.ndim == 2:
+            found = self._batched_gradients(scores, tensors)
+        elif scores.requires_grad:
+            found = torch.autograd.grad(scores.sum(), tensors, allow_unused=True)
+        lead = tuple(scores.shape)
+        return [
+            torch.zeros((*lead, *t.shape[1:]), device=t.device) if g is None else g.float()
+            for t, g in zip(tensors, found, strict=True)
+        ]
+
     # -- helpers --------------------------------------------------------------------------
 
     def _model_dtype(self, x: torch.Tensor) -> torch.Tensor:
@@ -625,6 +729,14 @@ class TorchProvider:
                 "model's final torch.nn.Linear"
             )
         return weight.detach().float()
+
+    def parameter_layers(self, inputs: ModelInputs) -> list[str]:
+        """The modules owning parameters themselves, in forward order (``_randomize``)."""
+        return _randomize.parameter_layers(self.model, self.layers(inputs))
+
+    def randomized(self, layers: Sequence[str], seed: int) -> torch.nn.Module:
+        """A deep copy with the own parameters of ``layers`` re-initialized (``_randomize``)."""
+        return _randomize.randomized(self.model, layers, seed, self._name)
 
     def input_size(self, inputs: ModelInputs) -> tuple[int, ...]:
         return kit.image_size(tuple(inputs.image.shape))

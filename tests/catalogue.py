@@ -88,7 +88,7 @@ def _explain_case(id: str, match: str | None = None, check: Any = None, **option
 
 def _metric(name: str, cams: Any = MAPS, **options: Any) -> Callable[[Kind], Any]:
     function = getattr(metrics, name)
-    if name in ("deletion", "insertion", "confidence_change"):
+    if name in ("deletion", "insertion", "confidence_change", "road"):
         return lambda k: function(k.model, k.inputs, cams, **options)
     return lambda k: function(cams, **options)
 
@@ -313,6 +313,21 @@ def _cases() -> list[Case]:
              lambda result, k: result.scores.shape == (2, 5)),
         Case("insertion blur negative", _metric("insertion", blur_sigma=-1),
              r"blur_sigma=-1\b"),
+        Case("road percentages out of range", _metric("road", percentages=(50, 100)),
+             r"percentages=\(50, 100\).*between 0 and 100"),
+        Case("road order unknown", _metric("road", order="most-first"), r"order='most-first'"),
+        Case("road works", _metric("road", percentages=(25, 75), seed=0), None,
+             lambda result, k: result.scores.shape == (2, 2)
+             and bool(np.isfinite(result.scores).all())),
+        Case("layer sweep metric unknown",
+             lambda k: metrics.layer_sweep(k.model, k.inputs, [k.layer], metric="ssim"),
+             r"metric='ssim'.*'deletion'"),
+        Case("layer sweep option unknown",
+             lambda k: metrics.layer_sweep(k.model, k.inputs, [k.layer], step=4),
+             r"'step'.*neither.*'steps'"),
+        Case("layer sweep works",
+             lambda k: metrics.layer_sweep(k.model, k.inputs, [k.layer], steps=4), None,
+             lambda result, k: result.layers == (k.layer,) and result.values.shape == (1, 2)),
         Case("confidence batch_size zero", _metric("confidence_change", batch_size=0),
              r"batch_size=0\b"),
         Case("pointing tolerance negative",

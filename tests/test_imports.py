@@ -44,5 +44,6 @@ def test_public_names_are_importable():
     assert set(camkit.methods()) == {
         "cam", "gradcam", "gradcam++", "xgradcam", "hirescam", "gradcam-elementwise",
         "layercam", "eigencam", "eigengradcam", "smoothgradcam++", "scorecam", "sscam",
-        "iscam", "fasterscorecam", "ablationcam",
+        "iscam", "fasterscorecam", "ablationcam", "guided-backprop", "guided-gradcam",
+        "fullgrad",
     }  # fmt: skip

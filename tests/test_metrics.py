@@ -32,6 +32,16 @@ def test_deletion_curve_and_auc(model):
     assert curves.mean == pytest.approx(1.5625)
 
 
+def test_auc_is_the_trapezoidal_rule_over_the_fractions_removed(model):
+    # 3 steps over 4 pixels remove floor(4 i / 3) = 0, 1, 2, 4 pixels: fractions 0, 1/4, 1/2, 1
+    # and means 10/4, 9/4, 7/4, 0; trapezoids 1/4 (2.5 + 2.25) / 2 + 1/4 (2.25 + 1.75) / 2
+    # + 1/2 (1.75 + 0) / 2 = 0.59375 + 0.5 + 0.4375 (uneven widths, not (sum - ends / 2) / 3)
+    curves = metrics.deletion(model, X, MAP, target=0, steps=3, score="target")
+    np.testing.assert_allclose(curves.fractions, [0, 0.25, 0.5, 1])
+    np.testing.assert_allclose(curves.scores[0], [2.5, 2.25, 1.75, 0.0], atol=1e-6)
+    np.testing.assert_allclose(curves.auc, [1.53125], atol=1e-6)
+
+
 def test_insertion_curve_with_a_constant_baseline(model):
     # inserted into zeros in rank order: means 0, 1/4, 3/4, 6/4, 10/4
     curves = metrics.insertion(model, X, MAP, target=0, steps=4, baseline=0.0, score="target")
@@ -76,6 +86,17 @@ def test_confidence_change(model):
     # class 1 scores -mean: the explanation raises it, no drop, an increase
     up = metrics.confidence_change(model, X, normalized, target=1, score="target")
     assert up.average_drop == 0.0 and up.increase_in_confidence == 100.0
+
+
+def test_average_drop_is_in_percent(model):
+    # sample 0 as above drops by (2.5 - 5/6) / 2.5 = 2/3 of its score; sample 1's map is all
+    # ones, so O = Y and it drops by 0: mean(drop) = 1/3, average_drop = 100/3 percent (not 1/3)
+    normalized = np.concatenate([(MAP - 1) / 3, np.ones_like(MAP)])
+    change = metrics.confidence_change(model, np.concatenate([X, X]), normalized, target=0,
+                                       score="target")  # fmt: skip
+    np.testing.assert_allclose(change.drop, [2 / 3, 0], atol=1e-6)
+    assert change.average_drop == pytest.approx(100 / 3, abs=1e-4)
+    assert change.increase_in_confidence == 0.0  # O > Y for neither (O = Y is no increase)
 
 
 def test_metrics_take_an_explanation(model):

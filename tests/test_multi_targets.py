@@ -28,7 +28,7 @@ BACKENDS = [name for name in ("torch", "keras-functional", "nnx") if name in KIN
 
 def _k_maps_equal_single_calls(k, method, target, layer=None):
     options = OPTIONS.get(method, {})
-    layer = k.layer if layer is None else layer
+    layer = k.layer if layer is None and method != "guided-backprop" else layer
     try:
         several = camkit.explain(k.model, k.inputs, method, layer, target=target, **options)
     except camkit.CapabilityError:
@@ -45,8 +45,10 @@ def _k_maps_equal_single_calls(k, method, target, layer=None):
 
 
 #: Methods whose multi-target path differs (fused JAX pipeline, element-wise gradients,
-#: classifier weights, per-pass scoring, noisy captures, principal components).
-PATHS = ["gradcam", "layercam", "cam", "scorecam", "ablationcam", "smoothgradcam++", "eigencam"]
+#: classifier weights, per-pass scoring, noisy captures, principal components, gradients of
+#: the image: guided and with the bias terms).
+PATHS = ["gradcam", "layercam", "cam", "scorecam", "ablationcam", "smoothgradcam++", "eigencam",
+         "guided-gradcam", "fullgrad"]  # fmt: skip
 CASES = [("torch", method) for method in sorted(camkit.methods())] + [
     (kind_name, method) for kind_name in BACKENDS[1:] for method in PATHS
 ]

@@ -65,7 +65,7 @@ def test_a_third_party_backend_runs_every_method_like_pytorch(toy, method):
 
     model = small_cnn()
     x = np.random.default_rng(4).normal(size=(2, 3, 5, 5)).astype(np.float32)
-    layer = "relu2" if method == "cam" else "conv2"
+    layer = {"cam": "relu2", "guided-backprop": None}.get(method, "conv2")
     options = OPTIONS.get(method, {})
     got = camkit.explain(model, x, method, layer, target=[0, 2], **options)
     expected = camkit.explain(

@@ -13,14 +13,17 @@ from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
-from toy_framework import Dense, Sequential
+from toy_framework import Conv1x1, Dense, ReLU, Sequential
 
 import camkit
 from camkit import provider as kit
 
 
 class ToyProvider:
-    capabilities = frozenset({kit.CLASSIFIER_WEIGHTS, kit.FORWARD_SCORES, kit.FORWARD_FROM_LAYER})
+    capabilities = frozenset({
+        kit.CLASSIFIER_WEIGHTS, kit.FORWARD_SCORES, kit.FORWARD_FROM_LAYER, kit.INPUT_GRADIENTS,
+        kit.BIAS_GRADIENTS,
+    })  # fmt: skip
 
     def __init__(self, model: Sequential) -> None:
         self.model = model
@@ -112,6 +115,45 @@ class ToyProvider:
     ) -> kit.ScoredTarget:  # fmt: skip
         outputs = self._run(np.asarray(activations, np.float64), self._index(layer) + 1)[-1]
         return kit.score_outputs(target, outputs, len(activations))
+
+    def _pullback(
+        self, inputs: kit.ModelInputs, target: kit.Target, rule: kit.GradientRule
+    ) -> tuple[np.ndarray, dict[str, np.ndarray], kit.ScoredTarget]:
+        """``dS/dx``, ``dS/dz`` at every layer's output, and the scores."""
+        x = self._prepare(inputs)
+        values = self._run(x)
+        upstream = self._score_gradient(target, values[-1])
+        at_output = {}
+        for index in range(len(self.model.layers) - 1, -1, -1):
+            layer = self.model.layers[index]
+            at_output[layer.name] = upstream
+            if rule == "guided" and isinstance(layer, ReLU):
+                upstream = np.maximum(upstream, 0)  # only positive gradients pass a ReLU back
+            upstream = layer.vjp(values[index], upstream)
+        return upstream, at_output, kit.score_outputs(target, values[-1], len(x))
+
+    def input_gradients(
+        self, inputs: kit.ModelInputs, target: kit.Target, *, rule: kit.GradientRule
+    ) -> tuple[np.ndarray, kit.ScoredTarget]:
+        gradient, _, scored = self._pullback(inputs, target, rule)
+        return gradient.astype(np.float32), scored
+
+    def bias_layers(self, inputs: kit.ModelInputs) -> dict[str, kit.BiasKind]:
+        table = self.layers(inputs)
+        return {
+            row.name: "convolution" for row in table
+            if isinstance(self._layers()[row.name], Conv1x1) and row.spatial is not None
+        }  # fmt: skip
+
+    def bias_gradients(
+        self, inputs: kit.ModelInputs, layers: Sequence[str], target: kit.Target
+    ) -> kit.FullGradients:
+        gradient, at_output, scored = self._pullback(inputs, target, "standard")
+        terms = tuple(
+            (self._layers()[name].bias[None, :, None, None] * at_output[name]).astype(np.float32)
+            for name in layers
+        )
+        return kit.FullGradients(gradient.astype(np.float32), terms, scored)
 
     def classifier_weights(self, classifier: object | None = None) -> np.ndarray:
         dense = [layer for layer in self.model.layers if isinstance(layer, Dense)]
