@@ -15,6 +15,7 @@ from ._activation import CAM, EigenCAM, EigenGradCAM
 from ._api import explain, layers, methods
 from ._backprop import FullGrad, GuidedBackprop, GuidedGradCAM
 from ._base import CamMethod, ChannelWeightedMethod, Explanation
+from ._compare import Agreement, compare
 from ._errors import (
     BackendError,
     CamkitError,
@@ -76,6 +77,7 @@ __all__ = [
     "SSCAM",
     "AblationCAM",
     "ActivationGradientProvider",
+    "Agreement",
     "Augmentations",
     "Backend",
     "BackendError",
@@ -111,6 +113,7 @@ __all__ = [
     "TargetError",
     "XGradCAM",
     "backends",
+    "compare",
     "explain",
     "hookimpl",
     "image_grid",

@@ -20,7 +20,7 @@ from ._checks import number, positive_int
 from ._errors import InputError
 from ._metrics_scoring import as_maps
 
-__all__ = ["spearman_correlation", "ssim", "top_k_count", "top_k_intersection"]
+__all__ = ["paired_maps", "spearman_correlation", "ssim", "top_k_count", "top_k_intersection"]
 
 #: Wang et al.'s SSIM window: a Gaussian of standard deviation 1.5 pixels, 11 pixels wide.
 SSIM_SIGMA = 1.5
@@ -30,7 +30,9 @@ SSIM_K1 = 0.01
 SSIM_K2 = 0.03
 
 
-def _pair(cams: Explanation | Any, other_cams: Explanation | Any) -> tuple[np.ndarray, np.ndarray]:
+def paired_maps(
+    cams: Explanation | Any, other_cams: Explanation | Any
+) -> tuple[np.ndarray, np.ndarray]:
     """Two batches of maps as float64 arrays of one shape ``(N, *S)``, checked."""
     a = as_maps(cams, "cams").astype(np.float64)
     b = as_maps(other_cams, "other_cams").astype(np.float64)
@@ -61,7 +63,7 @@ def spearman_correlation(
     nothing for maps in ``[0, 1]``). A constant map has no order to share: it correlates 0 with
     a map that has one, and 1 with another constant map.
     """
-    a, b = _pair(cams, other_cams)
+    a, b = paired_maps(cams, other_cams)
     if absolute:
         a, b = np.abs(a), np.abs(b)
     rho = np.empty(len(a))
@@ -109,7 +111,7 @@ def ssim(cams: Explanation | Any, other_cams: Explanation | Any) -> np.ndarray:
     Wang et al., "Image Quality Assessment: From Error Visibility to Structural Similarity",
     IEEE TIP 2004, section III.
     """
-    a, b = _pair(cams, other_cams)
+    a, b = paired_maps(cams, other_cams)
     for argument, maps in (("cams", a), ("other_cams", b)):
         if maps.min() < 0 or maps.max() > 1:
             raise InputError(
@@ -157,7 +159,7 @@ def top_k_intersection(
 
     Ghorbani et al., "Interpretation of Neural Networks is Fragile", AAAI 2019, section 3.
     """
-    a, b = _pair(cams, other_cams)
+    a, b = paired_maps(cams, other_cams)
     count = len(a)
     k = top_k_count(top_k, math.prod(a.shape[1:]))
 
