@@ -60,6 +60,7 @@ from ._registry import (
     register_backend,
 )
 from ._smoothing import Augmentations
+from ._study import Build, Study, run_study
 
 __version__ = "0.1.0"
 
@@ -83,6 +84,7 @@ __all__ = [
     "BackendError",
     "BackendInfo",
     "Batch",
+    "Build",
     "CamMethod",
     "CamkitError",
     "CapabilityError",
@@ -110,6 +112,7 @@ __all__ = [
     "Precision",
     "ScoreCAM",
     "SmoothGradCAMPlusPlus",
+    "Study",
     "TargetError",
     "XGradCAM",
     "backends",
@@ -124,5 +127,6 @@ __all__ = [
     "overlay",
     "provider",
     "register_backend",
+    "run_study",
     "targets",
 ]
