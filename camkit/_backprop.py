@@ -154,6 +154,7 @@ class GuidedBackprop(_InputSpaceMethod):
     name = "guided-backprop"
     paper = "Springenberg et al., ICLR-W 2015, arXiv:1412.6806"
     requires = frozenset({INPUT_GRADIENTS})
+    explains_layer = False
 
     def __init__(self, model: Any, layer: None = None, **kwargs: Any) -> None:
         if layer is not None:
@@ -269,6 +270,7 @@ class FullGrad(_InputSpaceMethod):
     name = "fullgrad"
     paper = "Srinivas & Fleuret, NeurIPS 2019, arXiv:1905.00780"
     requires = frozenset({BIAS_GRADIENTS, FORWARD_SCORES})  # core_inputs: the image x
+    explains_layer = False
     variants: tuple[str, ...] = ("paper", "pytorch-grad-cam")
     #: pytorch-grad-cam's rescaling, ``(M - min M) / (max M - min M + 1e-7)``.
     PYTORCH_GRAD_CAM_EPSILON = 1e-7

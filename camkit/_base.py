@@ -166,6 +166,10 @@ class CamMethod(ABC):
     fusable: ClassVar[bool] = True
     #: Whether the method reads ``batch.inputs`` and ``batch.target`` (to run more passes).
     needs_inputs: ClassVar[bool] = False
+    #: Whether ``layer`` names the layer whose output the map is made of (``False`` for the
+    #: methods that explain the image itself: Guided Backpropagation takes no layer, FullGrad
+    #: takes a subset of the layers with biases).
+    explains_layer: ClassVar[bool] = True
 
     provider: ActivationGradientProvider
 

@@ -33,8 +33,10 @@ class Build:
     ``factory`` names a function, ``"package.module:function"``, that returns
     ``(model, inputs)``: the model and the study's inputs in that framework's own layout and
     array type (channels-last for Keras and Flax). ``layer`` is the layer explained, by the
-    framework's name for it (``None``: the automatic choice). ``environment`` is set in the
-    build's process before the factory is imported (``{"KERAS_BACKEND": "jax"}``).
+    framework's name for it (``None``: the automatic choice); methods that explain the image
+    itself (Guided Backpropagation, FullGrad) are run with ``layer=None``. ``environment``
+    is set in the build's process before the factory is imported
+    (``{"KERAS_BACKEND": "tensorflow"}``).
     """
 
     name: str
@@ -63,8 +65,10 @@ def _explain_build(
     model, inputs = getattr(importlib.import_module(module), function)()
     found = {}
     for method in methods:
+        chosen = camkit.methods().get(method)
+        layer = build.layer if chosen is None or chosen.explains_layer else None
         explanation = camkit.explain(
-            model, inputs, method, build.layer, target, **options.get(method, {})
+            model, inputs, method, layer, target, **options.get(method, {})
         )
         found[method] = (explanation.cams, explanation.targets)
     return found

@@ -14,7 +14,7 @@ pytest.importorskip("flax")
 
 TORCH = camkit.Build("torch", "study_builds:torch_cnn", layer="conv2")
 NNX = camkit.Build("flax-nnx", "study_builds:nnx_cnn", layer="conv2")
-METHODS = ["gradcam", "layercam", "scorecam"]
+METHODS = ["gradcam", "layercam", "scorecam", "guided-backprop", "fullgrad"]
 
 
 def test_the_same_weights_give_the_same_maps_in_every_build():
