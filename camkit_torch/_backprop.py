@@ -3,7 +3,8 @@
 Guided ReLUs: :func:`guided_relus` pushes a ``TorchFunctionMode`` for the duration of one
 forward pass. Modes live on a thread-local stack, so only the calling thread's ops are seen:
 every ``torch.relu``, ``torch.nn.functional.relu`` (what ``nn.ReLU`` calls), ``Tensor.relu``
-and their in-place forms then run :class:`GuidedReLU`, whose backward pass is Springenberg et
+and their in-place forms, and the capped ReLUs ``relu6`` and ``hardtanh`` from 0 (what
+``nn.ReLU6`` calls), then run :class:`GuidedReLU`, whose backward pass is Springenberg et
 al.'s rule. No hook, attribute or module of the model is touched, and functional ReLUs in a
 ``forward`` are reached as well as ``nn.ReLU`` modules. TorchScript modules run outside
 Python's dispatch and cannot be reached: they are refused.
@@ -58,21 +59,47 @@ _RELUS_IN_PLACE: frozenset[Callable[..., Any]] = frozenset(
 )
 
 
+def _argument(args: tuple[Any, ...], kwargs: dict[str, Any], index: int, name: str,
+              default: Any) -> Any:  # fmt: skip
+    return args[index] if len(args) > index else kwargs.get(name, default)
+
+
+def _as_relu(
+    func: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]
+) -> tuple[torch.Tensor, float | None, bool] | None:
+    """``(x, cap, in place)`` when ``func(*args, **kwargs)`` is a ReLU, ``max(x, 0)`` or
+    capped, ``min(max(x, 0), cap)`` (``relu6``, and ``hardtanh`` from 0, which ``nn.ReLU6``
+    calls); else ``None``."""
+    if func in _RELUS or func in _RELUS_IN_PLACE:
+        in_place = func in _RELUS_IN_PLACE or (
+            func is F.relu and bool(_argument(args, kwargs, 1, "inplace", False))
+        )
+        return args[0], None, in_place
+    if func is F.relu6:
+        return args[0], 6.0, bool(_argument(args, kwargs, 1, "inplace", False))
+    if func in (F.hardtanh, F.hardtanh_) and _argument(args, kwargs, 1, "min_val", -1.0) == 0:
+        in_place = func is F.hardtanh_ or bool(_argument(args, kwargs, 3, "inplace", False))
+        return args[0], float(_argument(args, kwargs, 2, "max_val", 1.0)), in_place
+    return None
+
+
 class _GuidedMode(TorchFunctionMode):
-    """Runs every ReLU of the calling thread as :class:`GuidedReLU` (in place where asked)."""
+    """Runs every ReLU of the calling thread as :class:`GuidedReLU` (in place where asked); a
+    capped ReLU (ReLU6) as :class:`GuidedReLU` then the cap, whose derivative ``[y < cap]``
+    stays standard: ``dL/dx = [0 < x < cap] * ReLU(dL/dy)``."""
 
     def __torch_function__(
         self, func: Callable[..., Any], types: Any, args: tuple[Any, ...] = (),
         kwargs: dict[str, Any] | None = None,
     ) -> Any:  # fmt: skip
         kwargs = kwargs or {}
-        if func not in _RELUS and func not in _RELUS_IN_PLACE:
+        relu = _as_relu(func, args, kwargs)
+        if relu is None:
             return func(*args, **kwargs)
-        x = args[0]
-        in_place = func in _RELUS_IN_PLACE or (
-            func is F.relu and bool(kwargs.get("inplace", args[1] if len(args) > 1 else False))
-        )
+        x, cap, in_place = relu
         guided = GuidedReLU.apply(x)
+        if cap is not None:
+            guided = guided.clamp(max=cap)
         return x.copy_(guided) if in_place else guided
 
 

@@ -447,3 +447,31 @@ def test_jax_guides_relus_inside_calls_and_control_flow():
     own.defvjp(lambda z: (own(z), None), lambda _, g: (g,))
     with pytest.raises(camkit.CapabilityError, match="ReLU inside 'custom_vjp_call'"):
         jax.grad(guided(lambda z: own(z).sum()))(x)
+
+
+@pytest.mark.parametrize("relu6", ["module", "function", "hardtanh"])
+def test_torch_guides_capped_relus(relu6):
+    """S = relu6(x0) + relu6(x1) - relu6(x2) + relu6(x3), x = [-1, 2, 3, 8]: dS/dy = [1, 1, -1,
+    1]; the guided rule passes [0 < x < 6] * ReLU(dS/dy) = [0, 1, 0, 0], where the standard
+    gradient is [0, 1, -1, 0]. The same rule as JAX's relu6 and Keras' ReLU(max_value=6)."""
+    torch = pytest.importorskip("torch")
+    functional = torch.nn.functional
+    activation = {
+        "module": torch.nn.ReLU6(),
+        "function": functional.relu6,
+        "hardtanh": lambda x: functional.hardtanh(x, 0.0, 6.0),
+    }[relu6]
+
+    class Net(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.scale = torch.nn.Conv1d(1, 1, 1, bias=False)  # the identity: a layer to own x
+            torch.nn.init.ones_(self.scale.weight)
+
+        def forward(self, x):
+            y = activation(self.scale(x))
+            return (y * torch.tensor([1.0, 1.0, -1.0, 1.0])).sum(dim=(1, 2))[:, None]
+
+    x = torch.tensor([[[-1.0, 2.0, 3.0, 8.0]]])
+    guided = camkit.explain(Net(), x, "guided-backprop", target=0, normalize="none")
+    np.testing.assert_array_equal(guided.attributions[0, 0], [0.0, 1.0, 0.0, 0.0])

@@ -51,7 +51,9 @@ def test_the_ports_give_pytorchs_logits(torch_logits):
 
 def test_every_framework_gives_the_same_maps():
     builds = [TORCH, NNX] + ([KERAS] if keras_on_tensorflow() is not None else [])
-    study = camkit.run_study(builds, ["gradcam", "layercam", "eigencam"], processes=False)
+    study = camkit.run_study(
+        builds, ["gradcam", "layercam", "eigencam", "guided-backprop"], processes=False
+    )
     for row in study.rows():
         assert row["pearson"] > 0.9999 and row["max_difference"] < 1e-3, row
         assert row["top_iou"] > 0.99 and row["same_peak"] == 1.0, row
