@@ -28,7 +28,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from scenes import CANVAS, CLASSES, DIGIT, digit_scenes, mass_inside
+from figures import write_figure
+from scenes import CANVAS, CLASSES, DIGIT, digit_scenes, mass_inside, scene_picture
 from torch import nn
 
 import camkit
@@ -133,7 +134,7 @@ def main(output: Path | None = None, steps: int = 800) -> dict[str, float]:
 
         tiles, titles = [], []
         for n in range(4):
-            picture = np.kron(test.images[n, 0], np.ones((4, 4)))[..., None].repeat(3, -1)
+            picture = scene_picture(test.images[n, 0])
             tiles.append(picture)
             titles.append("scene")
             for k in range(2):
@@ -142,10 +143,7 @@ def main(output: Path | None = None, steps: int = 800) -> dict[str, float]:
                 cv2.rectangle(tile, (x1, y1), (x2 - 1, y2 - 1), (255, 255, 255), 1)
                 tiles.append(tile)
                 titles.append(f"box {k}: digit {test.labels[n, k]}, S={each.scores[n, k]:.2f}")
-        grid = camkit.image_grid(tiles, columns=3, titles=titles)
-        output.parent.mkdir(parents=True, exist_ok=True)
-        cv2.imwrite(str(output), cv2.cvtColor(grid, cv2.COLOR_RGB2BGR))
-        print(f"wrote {output}")
+        write_figure(camkit.image_grid(tiles, columns=3, titles=titles), output)
     return summary
 
 

@@ -18,7 +18,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from scenes import CLASSES, digit_scenes, mass_inside
+from figures import write_figure
+from scenes import CLASSES, digit_scenes, mass_inside, scene_picture
 from torch import nn
 
 import camkit
@@ -69,22 +70,14 @@ def main(output: Path | None = None, steps: int = 800) -> dict[str, float]:
     if output is not None:
         tiles, titles = [], []
         for n in range(4):
-            picture = np.kron(test.images[n, 0], np.ones((4, 4)))[..., None].repeat(3, -1)
+            picture = scene_picture(test.images[n, 0])
             tiles.append(picture)
             titles.append("scene")
             for k in range(2):
                 tiles.append(camkit.overlay(picture, each.cams[n, k]))
                 titles.append(f"digit {test.labels[n, k]} {each.scores[n, k]:.0%}")
-        _write(camkit.image_grid(tiles, columns=3, titles=titles), output)
+        write_figure(camkit.image_grid(tiles, columns=3, titles=titles), output)
     return summary
-
-
-def _write(grid: np.ndarray, output: Path) -> None:
-    import cv2
-
-    output.parent.mkdir(parents=True, exist_ok=True)
-    cv2.imwrite(str(output), cv2.cvtColor(grid, cv2.COLOR_RGB2BGR))
-    print(f"wrote {output}")
 
 
 if __name__ == "__main__":

@@ -62,6 +62,11 @@ def _apart(first: np.ndarray, second: np.ndarray) -> bool:
     return min(overlap_x, overlap_y) < DIGIT / 4
 
 
+def scene_picture(image: np.ndarray, scale: int = 4) -> np.ndarray:
+    """A grayscale scene ``(H, W)`` enlarged ``scale`` times by pixel repetition, as RGB."""
+    return np.kron(image, np.ones((scale, scale)))[..., None].repeat(3, -1)
+
+
 def mass_inside(cam: np.ndarray, box: np.ndarray) -> float:
     """The share of a map's total inside a box (corners, in pixels)."""
     x1, y1, x2, y2 = (round(float(v)) for v in box)

@@ -20,6 +20,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from figures import write_figure
 from torch import nn
 
 import camkit
@@ -66,14 +67,10 @@ def main(output: Path | None = None) -> dict[str, float]:
         "best cosine": float(matches.scores[ranking[0]]),
     }
     if output is not None:
-        import cv2
-
         tiles = [query] + [camkit.overlay(gallery[i], matches.cams[i]) for i in ranking]
         titles = ["query"] + [f"{GALLERY[i]} {matches.scores[i]:.2f}" for i in ranking]
-        grid = camkit.image_grid(tiles, columns=len(tiles), titles=titles)
-        output.parent.mkdir(parents=True, exist_ok=True)
-        cv2.imwrite(str(output), cv2.cvtColor(grid, cv2.COLOR_RGB2BGR))
-        print(f"wrote {output} (layer {matches.layers[0]})")
+        write_figure(camkit.image_grid(tiles, columns=len(tiles), titles=titles), output)
+        print(f"maps of layer {matches.layers[0]}")
     return summary
 
 
