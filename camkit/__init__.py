@@ -36,7 +36,7 @@ from ._gradient import (
 )
 from ._inputs import ModelInputs
 from ._layout import LayerInfo, LayerTable, Layout
-from ._overlay import COLORMAPS, image_grid, overlay
+from ._overlay import COLORMAPS, image_grid, overlay, read_image, save_image
 from ._perturbation import ISCAM, SSCAM, AblationCAM, FasterScoreCAM, ScoreCAM
 from ._protocol import (
     BIAS_GRADIENTS,
@@ -59,6 +59,8 @@ from ._registry import (
     module_available,
     register_backend,
 )
+from ._report import report
+from ._save import Result, save
 from ._smoothing import Augmentations
 from ._study import Build, Study, run_study
 
@@ -110,6 +112,7 @@ __all__ = [
     "ModelError",
     "ModelInputs",
     "Precision",
+    "Result",
     "ScoreCAM",
     "SmoothGradCAMPlusPlus",
     "Study",
@@ -126,7 +129,11 @@ __all__ = [
     "module_available",
     "overlay",
     "provider",
+    "read_image",
     "register_backend",
+    "report",
     "run_study",
+    "save",
+    "save_image",
     "targets",
 ]

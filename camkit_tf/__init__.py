@@ -1,4 +1,5 @@
-"""camkit's TensorFlow/Keras backend.
+"""camkit's TensorFlow/Keras backend: Keras 3 models on the TensorFlow backend, and tf-keras
+models (Keras 3 on JAX and PyTorch: :mod:`camkit_keras`).
 
 This module is what the ``camkit`` entry point loads: it registers the backend without
 importing TensorFlow or Keras. The provider lives in :mod:`camkit_tf._provider` and is imported
@@ -7,30 +8,19 @@ only when a Keras model is explained.
 
 from __future__ import annotations
 
-import sys
 from collections.abc import Sequence
 from typing import Any
 
 import camkit
-
-from ._substituted import Substituted
+from camkit_keras import Substituted, keras_backend_of
 
 __all__ = ["Substituted", "camkit_backends", "is_keras_model"]
 
-_KERAS_MODULES = ("keras", "tf_keras")
-
 
 def is_keras_model(model: Any) -> bool:
-    """Whether ``model`` is a Keras layer or model (Keras 3 or tf-keras), or a
-    :class:`Substituted` one, without importing."""
-    if isinstance(model, Substituted):
-        return True
-    for name in _KERAS_MODULES:
-        keras = sys.modules.get(name)
-        layers = getattr(keras, "layers", None)
-        if layers is not None and isinstance(model, layers.Layer):
-            return True
-    return False
+    """Whether ``model`` is a Keras model this backend explains (Keras 3 on TensorFlow,
+    tf-keras, or a :class:`~camkit_keras.Substituted` one), without importing."""
+    return keras_backend_of(model) in ("tensorflow", "tf_keras")
 
 
 @camkit.hookimpl
@@ -41,8 +31,6 @@ def camkit_backends() -> Sequence[camkit.Backend]:
             provider="camkit_tf._provider:KerasProvider",
             can_handle=is_keras_model,
             available=camkit.module_available("tensorflow"),
-            # above torch: a Keras model on the torch Keras backend is also a torch module,
-            # and this backend explains what to do with it
             priority=20,
             install="pip install 'camkit[tf]'",
         )

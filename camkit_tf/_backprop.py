@@ -15,14 +15,17 @@ read from the layers' variables inside the graph (so always their current values
 
 from __future__ import annotations
 
+import types
 from collections.abc import Callable, Mapping
 from typing import Any
 
 import tensorflow as tf
 
-from camkit.provider import BiasKind, CapabilityError
+from camkit.provider import CapabilityError
+from camkit_keras._layers import effective_bias as layers_effective_bias
+from camkit_keras._layers import relu_layers
 
-__all__ = ["bias_kind", "check_all_guided", "effective_bias", "guided_relu", "relu_routes"]
+__all__ = ["check_all_guided", "effective_bias", "guided_relu", "relu_routes"]
 
 
 @tf.custom_gradient
@@ -36,10 +39,6 @@ def guided_relu(x: tf.Tensor) -> Any:
         return tf.where(passed, upstream, tf.zeros_like(upstream))
 
     return tf.maximum(x, tf.zeros_like(x)), backward
-
-
-def _is_relu(function: object) -> bool:
-    return getattr(function, "__name__", None) == "relu"
 
 
 def _guided_relu_layer(layer: Any) -> Callable[..., Any]:
@@ -56,17 +55,10 @@ def _guided_relu_layer(layer: Any) -> Callable[..., Any]:
 def relu_routes(
     keras: Any, layers: Mapping[str, Any]
 ) -> tuple[dict[str, Callable[..., Any]], frozenset[str]]:
-    """The guided ``call`` of each plain ``ReLU`` layer (no negative slope, no threshold), and
-    the layers whose ``activation`` is ``relu``."""
-    calls = {
-        path: _guided_relu_layer(layer)
-        for path, layer in layers.items()
-        if isinstance(layer, keras.layers.ReLU) and not layer.negative_slope and not layer.threshold
-    }
-    activations = frozenset(
-        path for path, layer in layers.items() if _is_relu(getattr(layer, "activation", None))
-    )
-    return calls, activations
+    """The guided ``call`` of each plain ``ReLU`` layer, and the layers whose ``activation`` is
+    ``relu`` (:func:`camkit_keras._layers.relu_layers`)."""
+    plain, activations = relu_layers(keras, layers)
+    return {path: _guided_relu_layer(layers[path]) for path in plain}, activations
 
 
 def check_all_guided(graph: Any) -> None:
@@ -80,32 +72,14 @@ def check_all_guided(graph: Any) -> None:
         )
 
 
-def bias_kind(keras: Any, layer: Any, channels: int) -> BiasKind | None:
-    """What holds ``layer``'s bias, ``(channels,)`` on its output's channel axis, or ``None``
-    for a layer without one."""
-    if isinstance(layer, keras.layers.BatchNormalization):
-        kind: BiasKind = "normalization"
-        bias = layer.moving_mean
-    elif getattr(layer, "bias", None) is None:
-        return None
-    elif isinstance(layer, keras.layers.Dense) or hasattr(layer, "kernel_size"):
-        kind = "linear" if isinstance(layer, keras.layers.Dense) else "convolution"
-        bias = layer.bias
-    else:
-        return None
-    return kind if tuple(bias.shape) == (channels,) else None
+#: What :func:`camkit_keras._layers.effective_bias` needs, from TensorFlow (tf-keras has no
+#: ``keras.ops``).
+_OPS = types.SimpleNamespace(
+    cast=tf.cast, convert_to_tensor=tf.convert_to_tensor, rsqrt=tf.math.rsqrt,
+    zeros_like=tf.zeros_like,
+)  # fmt: skip
 
 
 def effective_bias(keras: Any, layer: Any) -> tf.Tensor:
     """``(C,)`` float32: ``layer``'s bias, or a batch normalization's effective bias."""
-    if not isinstance(layer, keras.layers.BatchNormalization):
-        return tf.cast(tf.convert_to_tensor(layer.bias), tf.float32)
-
-    def value(variable: Any) -> tf.Tensor:
-        return tf.cast(tf.convert_to_tensor(variable), tf.float32)
-
-    scale = tf.math.rsqrt(value(layer.moving_variance) + layer.epsilon)
-    if layer.scale:
-        scale = scale * value(layer.gamma)
-    shift = value(layer.beta) if layer.center else tf.zeros_like(scale)
-    return shift - value(layer.moving_mean) * scale
+    return layers_effective_bias(_OPS, keras, layer)

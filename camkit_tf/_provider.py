@@ -36,10 +36,8 @@ from __future__ import annotations
 import contextlib
 import functools
 import importlib
-import re
-import warnings
 import weakref
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
@@ -55,16 +53,12 @@ from camkit.provider import (
     INPUT_GRADIENTS,
     PARAMETER_RANDOMIZATION,
     BackendError,
-    BiasKind,
-    CapabilityError,
     Capture,
     FullGradients,
     GradientRule,
     InputError,
     LayerError,
     LayerTable,
-    Layout,
-    ModelError,
     ModelInputs,
     Precision,
     ScoredTarget,
@@ -72,73 +66,29 @@ from camkit.provider import (
     TracedTarget,
 )
 from camkit.targets import ClassTarget
+from camkit_keras import Substituted
+from camkit_keras._base import KerasProviderBase
+from camkit_keras._layers import (
+    classifier_kernel,
+    final_softmax_layer,
+    first_tensor,
+    layer_calls,
+    logits_of,
+    shadow_calls,
+    warn_if_probabilities,
+)
 
-from . import _randomize
-from ._backprop import bias_kind, check_all_guided, effective_bias, guided_relu, relu_routes
+from ._backprop import check_all_guided, effective_bias, guided_relu, relu_routes
 from ._namespace import TensorFlowNamespace
-from ._substituted import Substituted
 
 __all__ = ["KerasProvider"]
 
 kit.register_namespace(tf.is_tensor, TensorFlowNamespace)
 
-#: What TensorFlow says when a one-sample tensor meets a batch of ablated copies.
-_BATCH_MISMATCH = re.compile(r"shape|dimension", re.IGNORECASE)
-
 
 def _keras_module(model: Any) -> Any:
     root = type(model).__module__.split(".")[0]
     return importlib.import_module("tf_keras" if root == "tf_keras" else "keras")
-
-
-@contextlib.contextmanager
-def _shadow_calls(
-    layers: Mapping[str, Any], wrap: Callable[[str, Any], Any], attribute: str = "call"
-) -> Iterator[None]:
-    """Shadow each layer's ``call`` (or another ``attribute``, such as its ``activation``) with
-    ``wrap(path, original)`` and always restore it.
-
-    ``object.__setattr__`` bypasses Keras' attribute tracking, so nothing is tracked and the
-    instance dictionary is left exactly as it was.
-    """
-    shadowed: list[tuple[Any, bool, Any]] = []
-    try:
-        for path, layer in layers.items():
-            own = attribute in vars(layer)
-            original = getattr(layer, attribute)
-            object.__setattr__(layer, attribute, wrap(path, original))
-            shadowed.append((layer, own, original))
-        yield
-    finally:
-        for layer, own, original in reversed(shadowed):
-            if own:
-                object.__setattr__(layer, attribute, original)
-            else:
-                object.__delattr__(layer, attribute)
-
-
-@contextlib.contextmanager
-def _logits_of(keras: Any, layer: Any | None) -> Iterator[None]:
-    """While tracing, make the final softmax layer return its logits."""
-    if layer is None:
-        yield
-        return
-    if isinstance(layer, getattr(keras.layers, "Softmax", ())) or (
-        type(layer).__name__ == "Activation"
-    ):
-
-        def identity(path: str, call: Callable[..., Any]) -> Callable[..., Any]:
-            return lambda inputs, *args, **kwargs: inputs
-
-        with _shadow_calls({"softmax": layer}, identity):
-            yield
-        return
-    activation = layer.activation
-    object.__setattr__(layer, "activation", keras.activations.linear)
-    try:
-        yield
-    finally:
-        object.__setattr__(layer, "activation", activation)
 
 
 @dataclass
@@ -213,35 +163,8 @@ def _last_axis_to(x: tf.Tensor, axis: int) -> tf.Tensor:
     return tf.transpose(x, (*range(axis), rank - 1, *range(axis, rank - 1)))
 
 
-def _keras_layout(
-    layer: Any, given: Any, output: Any, known: Mapping[int, Layout], rank: int
-) -> Layout | None:
-    """The layout of a Keras ``layer``'s ``output`` as far as Keras says: its ``data_format``,
-    a normalization's ``axis``, a layer acting on the last axis (``Dense``, ``LayerNorm``:
-    channels-last, or tokens on ``(N, T, C)`` over an image), else the layout of the tensor it
-    was given (an activation) or returns; ``None`` if none says."""
-    own = getattr(layer, "data_format", None)
-    if own in ("channels_first", "channels_last"):
-        return own  # type: ignore[no-any-return]
-    axis = getattr(layer, "axis", None)
-    axis = axis[0] if isinstance(axis, list | tuple) and len(axis) == 1 else axis
-    last_axis = type(layer).__name__ in ("Dense", "EinsumDense", "LayerNormalization")
-    if isinstance(axis, int) and not last_axis and output.shape.rank == rank + 2:
-        return "channels_first" if axis == 1 else "channels_last"
-    on_last = last_axis or (isinstance(axis, int) and axis in (-1, output.shape.rank - 1))
-    if on_last and output.shape.rank >= 3:
-        return "tokens" if output.shape.rank == 3 and rank >= 2 else "channels_last"
-    if given is not None and id(given) in known and given.shape == output.shape:
-        return known[id(given)]
-    return known.get(id(output))
-
-
 def _first_tensor(value: Any) -> Any:
-    if tf.is_tensor(value):
-        return value
-    if isinstance(value, list | tuple):
-        return next((item for item in value if tf.is_tensor(item)), None)
-    return None
+    return first_tensor(value, tf.is_tensor)
 
 
 def _host(structure: Any) -> Any:
@@ -249,7 +172,7 @@ def _host(structure: Any) -> Any:
     return tf.nest.map_structure(lambda t: t.numpy() if tf.is_tensor(t) else t, structure)
 
 
-class KerasProvider:
+class KerasProvider(KerasProviderBase):
     """Captures activations and gradients of a Keras model running on TensorFlow."""
 
     capabilities = frozenset(
@@ -257,25 +180,20 @@ class KerasProvider:
         | {PARAMETER_RANDOMIZATION}
     )
 
+    name = "tf"
+
     def __init__(self, model: Any) -> None:
-        # a Substituted model runs the user's model, under its lock, in a StatelessScope; what
-        # is traced or learned of it is kept apart from the model's own (``self._owner``)
-        self._substituted = model if isinstance(model, Substituted) else None
-        self._owner: object = model
-        model = model.model if isinstance(model, Substituted) else model
-        keras = _keras_module(model)
-        if not isinstance(model, keras.layers.Layer):
-            raise InputError(f"the tf backend needs a Keras model, got {type(model).__qualname__}")
+        inner = model.model if isinstance(model, Substituted) else model
+        keras = _keras_module(inner)
+        super().__init__(model, keras)
         backend = keras.backend.backend() if hasattr(keras.backend, "backend") else "tensorflow"
         if backend != "tensorflow":
             raise BackendError(
-                f"this Keras model runs on the {backend!r} Keras backend; camkit explains Keras "
-                "models through TensorFlow: set KERAS_BACKEND=tensorflow before importing "
-                f"keras (or explain a native {backend} model with camkit's {backend} backend)"
+                f"this Keras model runs on the {backend!r} Keras backend, and the tf backend "
+                "explains Keras models through TensorFlow: leave backend= out (camkit's keras "
+                "backend explains it on its own backend), or set KERAS_BACKEND=tensorflow "
+                "before importing keras"
             )
-        self.keras = keras
-        self.model = model
-        self._name = repr(model.name)
         self._cache = _CACHES.get(self._owner)
         self._lock = kit.model_lock(model)
 
@@ -286,74 +204,17 @@ class KerasProvider:
 
     # -- layers ---------------------------------------------------------------------------
 
-    def _layers(self) -> dict[str, Any]:
-        found: dict[str, Any] = {}
-        input_layer = self.keras.layers.InputLayer
-
-        def walk(layer: Any, prefix: str) -> None:
-            for child in layer._flatten_layers(include_self=False, recursive=False):
-                if isinstance(child, input_layer):
-                    continue
-                path = prefix + child.name
-                found.setdefault(path, child)
-                walk(child, path + "/")
-
-        walk(self.model, "")
-        return found
-
-    def layer_names(self) -> list[str]:
-        return list(self._layers())
-
-    def resolve_layer(self, layer: object) -> str:
-        return kit.find_layer(layer, self._layers(), self._name, separator="/")
-
     def layers(self, inputs: ModelInputs) -> LayerTable:
         prepared = self._prepare(inputs)
         return kit.layer_table(self._owner, prepared.signature(), lambda: self._probe(prepared))
 
     def _probe(self, inputs: ModelInputs) -> LayerTable:
         """Run the model once, recording every layer's output shape and layout in order."""
-        image = inputs.image
-        rank = len(image.shape) - 2
-        known: dict[int, Layout] = {id(image): "channels_last"}  # Keras takes NHWC inputs
-        seen: list[Any] = [image]  # alive, so that no id is reused during the probe
-        calls: list[tuple[str, tuple[int, ...], Layout | None]] = []
-        layers = self._layers()
-
-        def record(path: str, call: Callable[..., Any]) -> Callable[..., Any]:
-            layer = layers[path]
-
-            def recording_call(*args: Any, **kwargs: Any) -> Any:
-                output = call(*args, **kwargs)
-                tensor = _first_tensor(output)
-                if tensor is not None:
-                    layout = _keras_layout(layer, _first_tensor(args), tensor, known, rank)
-                    if layout is not None:
-                        known[id(tensor)] = layout
-                        seen.append(tensor)
-                    calls.append((path, tuple(tensor.shape), layout))
-                return output
-
-            return recording_call
-
-        with self._lock, _shadow_calls(layers, record), self._running(inputs):
-            self._call(self.model, inputs)
-        # a feature map no layer vouches for is channels-last, Keras' convention, unless the
-        # model also makes channels-first ones: then a guess could be wrong
-        first = any(lay == "channels_first" and len(s) == rank + 2 for _, s, lay in calls)
-        resolved = [
-            (path, shape, layout or self._default_layout(len(shape), rank, first))
-            for path, shape, layout in calls
-        ]
-        return LayerTable.of(resolved, self.input_size(inputs))
-
-    @staticmethod
-    def _default_layout(ndim: int, rank: int, channels_first: bool) -> Layout | None:
-        if ndim == rank + 2:
-            return None if channels_first else "channels_last"
-        if ndim == 3 and rank >= 2:
-            return "tokens"  # (N, T, C) in a model of images: a transformer's tokens
-        return None
+        with self._lock, self._running(inputs):
+            calls = layer_calls(
+                self._layers(), inputs.image, tf.is_tensor, lambda: self._call(self.model, inputs)
+            )
+        return LayerTable.of(calls, self.input_size(inputs))
 
     # -- compiled functions ---------------------------------------------------------------
 
@@ -379,23 +240,8 @@ class KerasProvider:
         with self._lock, self._running(inputs), self._scope():
             return compiled(*self._arguments(inputs), *args)
 
-    def _scope(self) -> contextlib.AbstractContextManager[Any]:
-        """Where a :class:`Substituted` model's variables read their new values (while a
-        compiled function is traced), else nothing."""
-        substituted = self._substituted
-        return contextlib.nullcontext() if substituted is None else substituted.scope()
-
-    @staticmethod
-    def _arguments(inputs: ModelInputs) -> tuple[Any, dict[str, Any]]:
-        """The model's input as Keras takes it (one array, a list, or a dict) and the keyword
-        arguments of its call."""
-        given = inputs.given
-        structure = list(given) if isinstance(given, tuple) else given
-        return structure, dict(inputs.forward_kwargs)
-
-    @classmethod
-    def _call(cls, model: Any, inputs: ModelInputs) -> Any:
-        structure, kwargs = cls._arguments(inputs)
+    def _call(self, model: Any, inputs: ModelInputs) -> Any:
+        structure, kwargs = self._arguments(inputs)
         return model(structure, training=False, **kwargs)
 
     @staticmethod
@@ -417,7 +263,7 @@ class KerasProvider:
         kit.check_outputs(target, captured.outputs, count, channels_last=True)
         host_outputs = _host(captured.outputs)
         if isinstance(target, ClassTarget) and not captured.softmax_reached:
-            self._warn_if_probabilities(host_outputs)
+            warn_if_probabilities(host_outputs)
 
         def to_core(arrays: list[Any]) -> tuple[np.ndarray, ...]:
             return tuple(np.asarray(a, np.float32) for a in _host(arrays))
@@ -438,7 +284,7 @@ class KerasProvider:
         model_ref = self._model_ref()
         chosen = {path: self._layers()[path] for path in layers}
         final = self._final_softmax_layer()
-        logits_of = functools.partial(_logits_of, self.keras, final)
+        without_softmax = functools.partial(logits_of, self.keras, final)
 
         def capture(structure: Any, kwargs: dict[str, Any], arrays: dict[str, Any]) -> _Captured:
             recorded: dict[str, Any] = {}
@@ -460,7 +306,7 @@ class KerasProvider:
 
             image = structure if key is None else structure[key]
             with tf.GradientTape(watch_accessed_variables=False) as tape:
-                with _shadow_calls(chosen, watch), logits_of():
+                with shadow_calls(chosen, watch), without_softmax():
                     outputs = model_ref()(structure, training=False, **kwargs)
                 scored = kit.score_outputs(
                     traced.bind(arrays), outputs, image.shape[0], channels_last=True
@@ -504,7 +350,7 @@ class KerasProvider:
         call) is replaced by the ``replacement`` argument."""
         model_ref = self._model_ref()
         chosen = {} if layer is None else {layer: self._layers()[layer]}
-        logits_of = functools.partial(_logits_of, self.keras, self._final_softmax_layer())
+        without_softmax = functools.partial(logits_of, self.keras, self._final_softmax_layer())
 
         def forward(
             structure: Any, kwargs: dict[str, Any], replacement: Any, arrays: dict[str, Any]
@@ -525,7 +371,7 @@ class KerasProvider:
 
                 return replacing_call
 
-            with _shadow_calls(chosen, replace), logits_of():
+            with shadow_calls(chosen, replace), without_softmax():
                 outputs = model_ref()(structure, training=False, **kwargs)
             if layer is not None and not called:
                 raise LayerError(
@@ -557,15 +403,6 @@ class KerasProvider:
             None if scored.indices is None else scored.indices.numpy(),
         )
 
-    @staticmethod
-    def _check_precision(precision: Precision) -> None:
-        if precision != "float32":
-            raise CapabilityError(
-                f"precision={precision!r}: the tf backend runs a Keras model in the dtype policy "
-                "it was built with; build it under keras.mixed_precision.set_global_policy("
-                "'mixed_float16') for half-precision passes, and pass precision='float32'"
-            )
-
     def forward_scores(
         self, inputs: ModelInputs, target: Target, *, precision: Precision
     ) -> ScoredTarget:
@@ -574,91 +411,19 @@ class KerasProvider:
         count = int(inputs.image.shape[0])
         return self._scored(("forward",), None, inputs, tf.zeros(()), target, count)
 
-    def forward_from_layer(
-        self, inputs: ModelInputs, layer: str, activations: np.ndarray, target: Target,
-        *, precision: Precision,
-    ) -> ScoredTarget:  # fmt: skip
-        """Scores of one sample's ``inputs`` with ``layer``'s output replaced by each row of
-        ``activations`` ``(B, ...)`` (at every call of the layer).
+    def _scored_with(
+        self, inputs: ModelInputs, layer: str, replacement: Any, target: Target, count: int
+    ) -> ScoredTarget:
+        replacement = tf.constant(replacement)
+        return self._scored(("from_layer", layer), layer, inputs, replacement, target, count)
 
-        The model runs on the one sample and the layer hands on the ``B`` replacements, so the
-        prefix runs once; where a later layer cannot broadcast an earlier one-sample tensor
-        (a concatenation) the model runs on ``B`` copies instead, remembered per model.
-        """
-        self._check_precision(precision)
-        count = int(activations.shape[0])
-        replacement = tf.constant(activations)
-        name = ("from_layer", layer)
-        if layer not in self._cache.repeats_prefix:
-            try:
-                scored = self._scored(name, layer, inputs, replacement, target, count)
-                if scored.scores.shape[0] == count:
-                    return scored
-            except ModelError as error:
-                if not _BATCH_MISMATCH.search(str(error.__cause__)):
-                    raise
-            self._cache.repeats_prefix.add(layer)
-        image = np.asarray(inputs.image)
-        copies = inputs.rows(np.zeros(count, np.int64), np.repeat(image, count, axis=0))
-        return self._scored(name, layer, copies, replacement, target, count)
+    def _repeats_prefix(self) -> set[str]:
+        return self._cache.repeats_prefix
 
     def _final_softmax_layer(self) -> Any | None:
-        """The model's last layer if it applies a softmax that can be left out, else None."""
-        layers = getattr(self.model, "layers", None)
-        if not layers:
-            return None
-        last = layers[-1]
-        softmax_layer = getattr(self.keras.layers, "Softmax", ())
-        activation = getattr(last, "activation", None)
-        if isinstance(last, softmax_layer) or getattr(activation, "__name__", "") == "softmax":
-            return last
-        return None
-
-    @staticmethod
-    def _warn_if_probabilities(outputs: Any) -> None:
-        if not isinstance(outputs, np.ndarray):
-            return
-        if outputs.ndim == 2 and outputs.shape[1] > 1 and outputs.min() >= 0:
-            if np.allclose(outputs.sum(axis=1), 1.0, atol=1e-3):
-                warnings.warn(
-                    "the model's outputs look like softmax probabilities and camkit could not "
-                    "reach the logits (the softmax is not the model's last layer); gradients "
-                    "of probabilities saturate, so return logits from the model, or pass "
-                    "target=camkit.targets.SoftmaxTarget(...) to explain the probability",
-                    UserWarning,
-                    stacklevel=4,
-                )
+        return final_softmax_layer(self.keras, self.model)
 
     # -- input-space gradients (guided backpropagation, FullGrad) ---------------------------
-
-    def input_gradients(
-        self, inputs: ModelInputs, target: Target, *, rule: GradientRule
-    ) -> tuple[np.ndarray, ScoredTarget]:
-        """``dS/dx`` of the image, channels-first ``(N, C, *S)`` float32, every ReLU passing
-        gradients back by ``rule`` (``"guided"``: see :mod:`camkit_tf._backprop`)."""
-        full = self._backward(inputs, target, rule, ())
-        return full.input_gradients, full.scored
-
-    def bias_layers(self, inputs: ModelInputs) -> dict[str, BiasKind]:
-        """The layers with a bias on the channel axis of a feature map: convolutions, batch
-        normalizations, and ``Dense`` layers applied to a feature map."""
-        layers = self._layers()
-        found: dict[str, BiasKind] = {}
-        for row in self.layers(inputs):
-            if row.spatial is None or row.layout not in ("channels_first", "channels_last"):
-                continue
-            channels = row.shape[1] if row.layout == "channels_first" else row.shape[-1]
-            kind = bias_kind(self.keras, layers[row.name], channels)
-            if kind is not None:
-                found[row.name] = kind
-        return found
-
-    def bias_gradients(
-        self, inputs: ModelInputs, layers: Sequence[str], target: Target
-    ) -> FullGradients:
-        """The image's gradient and ``b[c] * dS/dz`` of each of ``layers``, channels-first,
-        ``z`` the layer's output before its activation."""
-        return self._backward(inputs, target, "standard", tuple(layers))
 
     def _backward(
         self, inputs: ModelInputs, target: Target, rule: GradientRule, layers: tuple[str, ...]
@@ -698,7 +463,7 @@ class KerasProvider:
         )
         shadowed_activations = {p: every[p] for p in guided_activations | before_activation}
         shadowed_calls = {p: every[p] for p in {*guided_calls, *layers} - before_activation}
-        logits_of = functools.partial(_logits_of, keras, self._final_softmax_layer())
+        without_softmax = functools.partial(logits_of, keras, self._final_softmax_layer())
 
         def backward(structure: Any, kwargs: dict[str, Any], arrays: dict[str, Any]) -> _Backward:
             recorded: dict[str, Any] = {}
@@ -732,8 +497,11 @@ class KerasProvider:
             with tf.GradientTape(watch_accessed_variables=False) as tape:
                 tape.watch(image)
                 # the softmax left out first: a watched activation wraps what then remains
-                with logits_of(), _shadow_calls(shadowed_activations, activation, "activation"):
-                    with _shadow_calls(shadowed_calls, call):
+                with (
+                    without_softmax(),
+                    shadow_calls(shadowed_activations, activation, "activation"),
+                ):
+                    with shadow_calls(shadowed_calls, call):
                         outputs = model_ref()(structure, training=False, **kwargs)
                 scored = kit.score_outputs(
                     traced.bind(arrays), outputs, image.shape[0], channels_last=True
@@ -792,39 +560,11 @@ class KerasProvider:
 
     def classifier_weights(self, classifier: object | None = None) -> np.ndarray:
         """The ``(K, C)`` kernel of ``classifier``, or of the model's last Dense layer."""
-        layers = self._layers()
-        if classifier is None:
-            dense = [p for p, layer in layers.items() if isinstance(layer, self.keras.layers.Dense)]
-            if not dense:
-                raise LayerError(
-                    f"CAM needs a Dense classifier but {self._name} has none; pass classifier= "
-                    "the layer holding the class weights"
-                )
-            classifier = dense[-1]
-        path = kit.find_layer(classifier, layers, self._name, separator="/", argument="classifier")
-        kernel = getattr(layers[path], "kernel", None)
-        if kernel is None or len(kernel.shape) != 2:
-            raise LayerError(f"classifier={path!r} has no (features, classes) kernel")
+        kernel = classifier_kernel(self.keras, self._layers(), classifier, self._name)
         if self._substituted is not None:
             with self._scope():
                 kernel = kernel.value  # a Keras 3 variable's value in the scope: the new one
         return np.asarray(kernel, dtype=np.float32).T.copy()
-
-    def parameter_layers(self, inputs: ModelInputs) -> list[str]:
-        """The layers holding trainable variables themselves, in forward order
-        (``_randomize``)."""
-        return _randomize.parameter_layers(
-            self.keras, self.model, self._layers(), self.layers(inputs)
-        )
-
-    def randomized(self, layers: Sequence[str], seed: int) -> Substituted:
-        """The model with new values for the variables of ``layers`` (``_randomize``)."""
-        return _randomize.randomized(
-            self.keras, self.model, self._layers(), layers, seed, self._substituted, self._name
-        )
-
-    def input_size(self, inputs: ModelInputs) -> tuple[int, ...]:
-        return kit.image_size(tuple(inputs.image.shape), channels_last=True)
 
     def to_numpy(self, array: Any) -> np.ndarray:
         return np.asarray(array)

@@ -67,7 +67,7 @@ from camkit.provider import (
 from . import _randomize
 from ._backprop import bias_kind, effective_bias, guided_relus
 
-__all__ = ["TorchProvider"]
+__all__ = ["TorchProvider", "batched_gradients"]
 
 Hook = Callable[[torch.nn.Module, Any, Any], Any]
 nn = torch.nn
@@ -99,6 +99,39 @@ _CHANNELS_FIRST = (
 )
 #: Modules that act on their input's last axis: on a feature map that axis is the channels.
 _LAST_AXIS = (nn.LayerNorm, nn.Linear)
+
+
+def batched_gradients(
+    scores: torch.Tensor, activations: list[torch.Tensor]
+) -> tuple[torch.Tensor | None, ...]:
+    """``d sum_n S[n, k] / dA`` for every column ``k`` of ``(N, K)`` scores, each
+    ``(N, K, ...)``: one vmapped backward, or ``K`` plain ones where vmap cannot run."""
+    columns = scores.shape[1]
+    eye = torch.eye(columns, dtype=scores.dtype, device=scores.device)
+    cotangents = eye[:, None, :].expand(columns, *scores.shape).contiguous()  # (K, N, K)
+    try:
+        with warnings.catch_warnings():  # ops without a batching rule fall back, correctly
+            warnings.simplefilter("ignore", UserWarning)
+            grads = torch.autograd.grad(
+                scores, activations, cotangents, retain_graph=True,
+                is_grads_batched=True, allow_unused=True,
+            )  # fmt: skip
+        stacked: tuple[torch.Tensor | None, ...] = grads
+    except RuntimeError:  # an op autograd cannot vmap: one backward per column
+        per_column = [
+            torch.autograd.grad(
+                scores[:, k].sum(),
+                activations,
+                retain_graph=k < columns - 1,
+                allow_unused=True,
+            )
+            for k in range(columns)
+        ]
+        stacked = tuple(
+            None if column[0] is None else torch.stack(list(column))
+            for column in zip(*per_column, strict=True)
+        )
+    return tuple(None if g is None else g.movedim(0, 1) for g in stacked)
 
 
 class _ModelFacts:
@@ -358,7 +391,7 @@ class TorchProvider:
                 "without it (a detached output, or a layer off the path to the output)"
             )
         if scores.ndim == 2:
-            grads = self._batched_gradients(scores, activations)
+            grads = batched_gradients(scores, activations)
         else:
             grads = torch.autograd.grad(scores.sum(), activations, allow_unused=True)
         found = []
@@ -370,39 +403,6 @@ class TorchProvider:
                 )
             found.append(grad)
         return tuple(found)
-
-    @staticmethod
-    def _batched_gradients(
-        scores: torch.Tensor, activations: list[torch.Tensor]
-    ) -> tuple[torch.Tensor | None, ...]:
-        """``d sum_n S[n, k] / dA`` for every column ``k`` of ``(N, K)`` scores, each
-        ``(N, K, ...)``: one vmapped backward, or ``K`` plain ones where vmap cannot run."""
-        columns = scores.shape[1]
-        eye = torch.eye(columns, dtype=scores.dtype, device=scores.device)
-        cotangents = eye[:, None, :].expand(columns, *scores.shape).contiguous()  # (K, N, K)
-        try:
-            with warnings.catch_warnings():  # ops without a batching rule fall back, correctly
-                warnings.simplefilter("ignore", UserWarning)
-                grads = torch.autograd.grad(
-                    scores, activations, cotangents, retain_graph=True,
-                    is_grads_batched=True, allow_unused=True,
-                )  # fmt: skip
-            stacked: tuple[torch.Tensor | None, ...] = grads
-        except RuntimeError:  # an op autograd cannot vmap: one backward per column
-            per_column = [
-                torch.autograd.grad(
-                    scores[:, k].sum(),
-                    activations,
-                    retain_graph=k < columns - 1,
-                    allow_unused=True,
-                )
-                for k in range(columns)
-            ]
-            stacked = tuple(
-                None if column[0] is None else torch.stack(list(column))
-                for column in zip(*per_column, strict=True)
-            )
-        return tuple(None if g is None else g.movedim(0, 1) for g in stacked)
 
     # -- forward passes without capture (perturbation methods, metrics) ---------------------
 
@@ -619,7 +619,7 @@ class TorchProvider:
         scores; zeros for a tensor the scores do not depend on."""
         found: Sequence[torch.Tensor | None] = [None] * len(tensors)
         if scores.requires_grad and scores.ndim == 2:
-            found = self._batched_gradients(scores, tensors)
+            found = batched_gradients(scores, tensors)
         elif scores.requires_grad:
             found = torch.autograd.grad(scores.sum(), tensors, allow_unused=True)
         lead = tuple(scores.shape)

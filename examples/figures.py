@@ -6,11 +6,10 @@ from pathlib import Path
 
 import numpy as np
 
+import camkit
+
 
 def write_figure(grid: np.ndarray, output: Path) -> None:
     """Save an RGB uint8 figure (``camkit.image_grid``'s) as a PNG, creating its folder."""
-    import cv2
-
-    output.parent.mkdir(parents=True, exist_ok=True)
-    cv2.imwrite(str(output), cv2.cvtColor(grid, cv2.COLOR_RGB2BGR))
+    camkit.save_image(output, grid)
     print(f"wrote {output}")

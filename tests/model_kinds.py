@@ -70,10 +70,10 @@ def keras_on_tensorflow() -> Any:
     return keras
 
 
-def _tf_ready() -> bool:
-    return _installed("tensorflow") and os.environ.get("KERAS_BACKEND", "tensorflow") == (
-        "tensorflow"
-    )
+def _keras_ready() -> bool:
+    """Whether Keras and the framework it runs on here (``KERAS_BACKEND``) are installed."""
+    backend = os.environ.get("KERAS_BACKEND", "tensorflow")
+    return _installed("keras", backend)
 
 
 # -- PyTorch ---------------------------------------------------------------------------------
@@ -205,8 +205,8 @@ def _raising_layer(keras: Any, error: BaseException) -> Any:
 
 
 def keras_kind(style: str) -> Kind:
+    """A Keras 3 model of ``style`` on the Keras backend of this process (``KERAS_BACKEND``)."""
     import keras
-    import tensorflow as tf
 
     def build(fail: BaseException | None = None, output_key: str | None = None) -> Any:
         keras.utils.set_random_seed(0)
@@ -258,7 +258,7 @@ def keras_kind(style: str) -> Kind:
     channels_last = IMAGES.transpose(0, 2, 3, 1).copy()
     return Kind(
         name=f"keras-{style}",
-        framework="tf",
+        framework="keras",
         model=model,
         inputs=channels_last,
         layer="backbone/conv2" if style == "nested" else "conv2",
@@ -268,8 +268,8 @@ def keras_kind(style: str) -> Kind:
         snapshot=_keras_snapshot(model),
         faulty=lambda error: build(fail=error),
         dict_outputs=lambda key: build(output_key=key),
-        scalar=lambda i: tf.constant(i),
-        vector=lambda v: tf.constant(v),
+        scalar=lambda i: keras.ops.convert_to_tensor(i),
+        vector=lambda v: keras.ops.convert_to_tensor(v),
         channels_last=True,
     )
 
@@ -490,7 +490,7 @@ def function_kind() -> Kind:
 BUILDERS: dict[str, Callable[[], Kind]] = {}
 if _installed("torch"):
     BUILDERS["torch"] = torch_kind
-if _tf_ready():
+if _keras_ready():
     for _style in ("functional", "sequential", "nested", "subclassed"):
         BUILDERS[f"keras-{_style}"] = lambda style=_style: keras_kind(style)
 if _installed("jax", "flax"):

@@ -47,7 +47,7 @@ def _state(k, model):
             [m.training for m in model.modules()],
             torch._C._is_torch_function_mode_enabled(),
         )
-    if k.framework == "tf":
+    if k.framework == "keras":
         return [
             ("call" in vars(layer), id(getattr(layer, "activation", None)), sorted(vars(layer)))
             for layer in _keras_layers(model)
@@ -104,7 +104,7 @@ def _final_bias(k):
     """The bias of the model's last linear layer ``fc`` for class 1."""
     if k.framework == "torch":
         return float(k.model.fc.bias[1].detach())
-    if k.framework == "tf":
+    if k.framework == "keras":
         layer = next(layer for layer in _keras_layers(k.model) if layer.name == "fc")
         return float(np.asarray(layer.bias)[1])
     if k.name == "nnx":

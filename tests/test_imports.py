@@ -28,6 +28,7 @@ def imported_after(statement: str) -> list[str]:
         "import camkit_torch",
         "import camkit_tf",
         "import camkit_jax",
+        "import camkit_keras",
         "import camkit, camkit.targets; camkit.explain.__doc__",
         "import camkit.metrics",
     ],

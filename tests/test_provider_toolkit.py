@@ -123,7 +123,7 @@ def _imports(path: Path) -> list[str]:
 
 BACKEND_FILES = sorted(
     [*ROOT.glob("camkit_torch/*.py"), *ROOT.glob("camkit_tf/*.py"), *ROOT.glob("camkit_jax/*.py"),
-     ROOT / "tests" / "toy_backend.py"]
+     *ROOT.glob("camkit_keras/*.py"), ROOT / "tests" / "toy_backend.py"]
 )  # fmt: skip
 
 

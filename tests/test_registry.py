@@ -89,7 +89,7 @@ def test_block_plugins_by_name(site):
 
 def test_disable_autoload_keeps_camkits_own_backends(site):
     report = run_python(REPORT, site, CAMKIT_DISABLE_PLUGIN_AUTOLOAD="1")
-    assert set(report["backends"]) == {"torch", "tf", "jax"}
+    assert set(report["backends"]) == {"torch", "tf", "jax", "keras"}
 
 
 def test_registration_does_not_import_frameworks(site):

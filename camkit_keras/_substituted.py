@@ -33,7 +33,7 @@ class Substituted:
     def __post_init__(self) -> None:
         if type(self.model).__module__.split(".")[0] == "tf_keras":
             raise CapabilityError(
-                "camkit_tf.Substituted runs a Keras 3 model in keras.StatelessScope, which "
+                "camkit_keras.Substituted runs a Keras 3 model in keras.StatelessScope, which "
                 "tf-keras does not have; use Keras 3"
             )
 

@@ -2,7 +2,7 @@
 
 A Keras model cannot be copied in general (``copy.deepcopy`` and ``clone_model`` rebuild it
 from its config, which a subclassed model need not have), so nothing is copied: the randomized
-model is a :class:`~camkit_tf.Substituted`, the user's model run inside
+model is a :class:`~camkit_keras.Substituted`, the user's model run inside
 ``keras.StatelessScope`` with new values for the chosen layers' variables. The model itself is
 only read. A variable ``w`` of a layer gets new values from the layer's initializer named after
 it (``kernel_initializer`` for ``kernel``, ``gamma_initializer`` for ``gamma``), re-seeded per
@@ -15,9 +15,6 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from typing import Any
-
-import numpy as np
-import tensorflow as tf
 
 from camkit import provider as kit
 from camkit.provider import CapabilityError, LayerTable
@@ -62,12 +59,14 @@ def _new_value(keras: Any, layer: Any, variable: Any, seed: int) -> Any:
     :func:`camkit.provider.rescaled_normal`."""
     initializer = getattr(layer, f"{variable.name}_initializer", None)
     if initializer is None:
-        return tf.constant(kit.rescaled_normal(np.asarray(variable), seed))
+        return keras.ops.convert_to_tensor(
+            kit.rescaled_normal(keras.ops.convert_to_numpy(variable), seed)
+        )
     initializer = keras.initializers.get(initializer)
     config = initializer.get_config()
     if "seed" in config:
         initializer = type(initializer).from_config({**config, "seed": seed})
-    return tf.convert_to_tensor(initializer(tuple(variable.shape), dtype=variable.dtype))
+    return initializer(tuple(variable.shape), dtype=variable.dtype)
 
 
 def randomized(

@@ -1,0 +1,78 @@
+"""Maps of the four kinds of Keras model (functional, Sequential, nested, subclassed) on the
+Keras backend of this process, for tests/test_keras_backends.py, which runs this script once
+per backend (``KERAS_BACKEND`` is read when Keras is imported) and compares the results.
+
+``python tests/keras_kind_maps.py OUT.npz`` writes ``{kind}/{method}`` maps, with the same
+weights on every backend (drawn here, by variable, not by Keras' backend-specific seeding),
+and fails if camkit changed a model, chose another backend than Keras runs on, or let
+``backend="tf"`` explain a model off TensorFlow without saying what to do.
+"""
+
+from __future__ import annotations
+
+import sys
+
+import numpy as np
+from model_kinds import keras_kind, same_snapshot
+
+import camkit
+from camkit.targets import TopK
+
+STYLES = ("functional", "sequential", "nested", "subclassed")
+#: One method per capability the keras backends provide, and K maps from one forward.
+METHODS = {
+    "gradcam": {},
+    "gradcam-topk": {"method": "gradcam", "target": TopK(2)},
+    "cam": {"classifier": "fc"},
+    "eigencam": {},
+    "scorecam": {},
+    "sscam": {"seed": 0, "samples": 4},
+    "ablationcam": {},
+    "guided-backprop": {"layer": None},
+    "fullgrad": {"layer": None},
+}
+
+
+def weighted(style: str):
+    """The kind's model with weights drawn by variable, the same on every backend."""
+    import keras
+
+    kind = keras_kind(style)
+    rng = np.random.default_rng(5)
+    for variable in kind.model.weights:
+        shape = tuple(variable.shape)
+        if "variance" in variable.path:
+            value = rng.uniform(0.5, 1.5, shape)
+        else:
+            value = rng.normal(scale=0.5, size=shape)
+        variable.assign(keras.ops.convert_to_tensor(value.astype(np.float32)))
+    return kind
+
+
+def main(out: str) -> None:
+    import keras
+
+    maps = {}
+    for style in STYLES:
+        kind = weighted(style)
+        before = kind.snapshot()
+        backend = camkit.GradCAM(kind.model, kind.layer).provider.__module__.split(".")[0]
+        expected = "camkit_tf" if keras.backend.backend() == "tensorflow" else "camkit_keras"
+        assert backend == expected, (style, backend)
+        for name, options in METHODS.items():
+            options = {"method": name, "layer": kind.layer, **options}
+            explanation = camkit.explain(kind.model, kind.inputs, **options)
+            maps[f"{style}/{name}"] = explanation.cams
+        assert same_snapshot(before, kind.snapshot()), style
+    if expected == "camkit_keras":  # asked for by name, TensorFlow's backend says what to do
+        try:
+            camkit.explain(kind.model, kind.inputs, backend="tf")
+        except camkit.BackendError as error:
+            assert "KERAS_BACKEND=tensorflow" in str(error), error
+        else:
+            raise AssertionError("backend='tf' explained a Keras model off TensorFlow")
+    np.savez(out, **maps)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1])

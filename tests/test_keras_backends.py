@@ -1,0 +1,102 @@
+"""Keras 3 on the JAX and PyTorch backends (``camkit_keras``): every method gives the maps of
+the TensorFlow backend, on every kind of Keras model, and a study runs one Keras model on
+every backend. Keras reads ``KERAS_BACKEND`` once, at import, so each backend runs in a
+process of its own."""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import camkit
+
+TESTS = Path(__file__).parent
+#: The Keras backends installed here; TensorFlow's maps are the reference.
+BACKENDS = [name for name in ("tensorflow", "jax", "torch") if importlib.util.find_spec(name)]
+#: The backends camkit_keras explains.
+OTHERS = [name for name in BACKENDS if name != "tensorflow"]
+
+pytestmark = pytest.mark.skipif(
+    importlib.util.find_spec("keras") is None or "tensorflow" not in BACKENDS
+    or len(BACKENDS) < 2,
+    reason="needs Keras 3 with TensorFlow and JAX or PyTorch",
+)  # fmt: skip
+
+
+def test_every_method_gives_the_tensorflow_maps_on_jax_and_torch():
+    """The parity CNN (study_builds.keras_cnn, the weights of test_torch.SmallCNN) explained
+    with every method on each backend; noisy methods draw the same host noise (seed=0)."""
+    builds = [
+        camkit.Build(f"keras-{backend}", "study_builds:keras_cnn", layer="conv2",
+                     environment={"KERAS_BACKEND": backend})
+        for backend in BACKENDS
+    ]  # fmt: skip
+    methods = list(camkit.methods())
+    options = {"smoothgradcam++": {"seed": 0}, "sscam": {"seed": 0}}
+    study = camkit.run_study(builds, methods, options=options)
+    assert len(study.agreements) == len(methods) * len(builds) * (len(builds) - 1) // 2
+    for row in study.rows():
+        assert row["max_difference"] <= 1e-4, row
+        assert row["same_peak"] == 1.0, row
+
+
+def _maps(backend: str, out: Path) -> dict[str, np.ndarray]:
+    environment = {**os.environ, "KERAS_BACKEND": backend, "PYTHONPATH": str(TESTS)}
+    done = subprocess.run(
+        [sys.executable, str(TESTS / "keras_kind_maps.py"), str(out)],
+        capture_output=True, text=True, env=environment, timeout=600,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    with np.load(out) as found:
+        return dict(found)
+
+
+@pytest.fixture(scope="module")
+def tensorflow_maps(tmp_path_factory):
+    return _maps("tensorflow", tmp_path_factory.mktemp("maps") / "tensorflow.npz")
+
+
+@pytest.mark.parametrize("backend", OTHERS)
+def test_every_kind_of_keras_model_gives_the_tensorflow_maps(backend, tmp_path, tensorflow_maps):
+    """Functional, Sequential, nested and subclassed models (tests/keras_kind_maps.py: one
+    method per capability, K maps from one forward); the script also fails if camkit changed
+    a model, explained it with another backend than the one Keras runs on, or let
+    ``backend="tf"`` take it without saying what to do."""
+    reference = tensorflow_maps
+    found = _maps(backend, tmp_path / f"{backend}.npz")
+    assert found.keys() == reference.keys() and len(found) == 4 * 9
+    for key, expected in reference.items():
+        np.testing.assert_allclose(found[key], expected, atol=1e-4, err_msg=key)
+
+
+@pytest.mark.parametrize("backend", OTHERS)
+def test_the_guarantees_hold_for_keras_models_on_jax_and_torch(backend):
+    """The bad-input catalogue, threads, leaving the model as found, guided and bias passes
+    and K maps per forward, for the four Keras kinds, run by pytest in a process whose Keras
+    runs on ``backend`` (tests/model_kinds.py builds them on the process's backend).
+
+    To keep the suite short (on JAX, whose eager ops compile on first use, everything takes
+    about 100 s), the catalogue and K maps run on the functional model only; threads and the
+    model left as found (also by a failing model) on all four. Not the memory test: eager JAX
+    keeps about one dead weak reference per gradient pass in its own caches (the scoring ops
+    under a JVP trace), which that test would count.
+    """
+    selected = (
+        "(keras-functional or (keras and (threads or left_as_found or failing)))"
+        " and not grows_no_memory"
+    )
+    files = ["test_guarantees.py", "test_backprop_kinds.py", "test_multi_targets.py"]
+    done = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:randomly", "-p", "no:cacheprovider",
+         "-W", "ignore::DeprecationWarning", "-k", selected, *files],
+        capture_output=True, text=True, cwd=TESTS, timeout=900,
+        env={**os.environ, "KERAS_BACKEND": backend},
+    )  # fmt: skip
+    assert done.returncode == 0, done.stdout[-4000:]
+    assert " passed" in done.stdout and "failed" not in done.stdout
