@@ -157,15 +157,17 @@ def deletion(
     probability (the paper's choice), ``"target"`` by the target itself.
 
     Args:
-        model, inputs: as for :func:`camkit.explain`.
+        model: as for :func:`camkit.explain`.
+        inputs: as for :func:`camkit.explain`.
         cams: the maps ``(N, H, W)`` at the inputs' resolution, or an Explanation.
         target: what to score; a top-1 target is pinned to each sample's class on the
             unperturbed input.
         baseline: what removed pixels become: a number, ``"blur"`` (the input blurred with a
             Gaussian of ``blur_sigma`` pixels) or an array shaped like the channels-first inputs.
         batch_size: perturbed inputs per forward pass.
-        image, forward_kwargs: for models with several inputs, as for
-            :func:`camkit.explain`; only the image is perturbed.
+        image: for models with several inputs, as for :func:`camkit.explain`; only the
+            image is perturbed.
+        forward_kwargs: as for :func:`camkit.explain`.
 
     Petsiuk et al., "RISE: Randomized Input Sampling for Explanation of Black-box Models",
     BMVC 2018, section 4.1.

@@ -165,8 +165,12 @@ def layer_sweep(
     ``"least"``).
 
     Args:
-        model, inputs, target, backend, image, forward_kwargs: as for :func:`camkit.explain`;
-            the metric scores the same target.
+        model: as for :func:`camkit.explain`.
+        inputs: as for :func:`camkit.explain`.
+        target: as for :func:`camkit.explain`; the metric scores the same target.
+        backend: as for :func:`camkit.explain`.
+        image: as for :func:`camkit.explain`.
+        forward_kwargs: as for :func:`camkit.explain`.
         layers: the candidates, names or layer objects; ``None``: the deepest layer of each
             distinct map size that :func:`camkit.layers` lists, deepest first (a CNN's stage
             outputs; for a vision transformer, whose blocks share one grid, that is its last

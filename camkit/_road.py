@@ -143,7 +143,8 @@ def road(
     ``auc`` (the mean over the percentages).
 
     Args:
-        model, inputs: as for :func:`camkit.explain` (signals and volumes too: a pixel's
+        model: as for :func:`camkit.explain`.
+        inputs: as for :func:`camkit.explain` (signals and volumes too: a pixel's
             neighbours are then the 2 or 26 around it).
         cams: the maps ``(N, H, W)`` at the inputs' resolution, or an Explanation.
         target: what to score; a top-1 target is pinned to each sample's class on the
@@ -158,8 +159,9 @@ def road(
         batch_size: imputed inputs per forward pass, imputed together on the host: about
             ``12 * batch_size * C * n`` float64 numbers at a time (0.5 GB for 32 RGB images
             of 224x224).
-        image, forward_kwargs: for models with several inputs, as for
-            :func:`camkit.explain`; only the image is perturbed.
+        image: for models with several inputs, as for :func:`camkit.explain`; only the
+            image is perturbed.
+        forward_kwargs: as for :func:`camkit.explain`.
 
     The linear systems are solved on the host in float64 by multigrid-preconditioned
     conjugate gradients to a relative residual of ``1e-6`` (see :mod:`camkit._imputation`),

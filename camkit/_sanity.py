@@ -184,8 +184,14 @@ def parameter_randomization(
     learned parameters change: running statistics (batch normalization) stay.
 
     Args:
-        model, inputs, method, layer, target, backend, image, forward_kwargs: as for
-            :func:`camkit.explain`.
+        model: as for :func:`camkit.explain`.
+        inputs: as for :func:`camkit.explain`.
+        method: as for :func:`camkit.explain`.
+        layer: as for :func:`camkit.explain`.
+        target: as for :func:`camkit.explain`.
+        backend: as for :func:`camkit.explain`.
+        image: as for :func:`camkit.explain`.
+        forward_kwargs: as for :func:`camkit.explain`.
         cascading: re-initialize the layers cumulatively from the top (``True``) or one at a
             time (``False``).
         depth: run only the first ``depth`` steps (the top ``depth`` layers that own
@@ -270,9 +276,15 @@ def data_randomization(
     Args:
         model: the model trained on the true labels.
         random_label_model: the model trained on permuted labels.
-        inputs, method, layer, target, backend, image, forward_kwargs, **method_options: as
-            for :func:`camkit.explain`; a method that draws noise gets ``seed=0`` unless given
-            one, so that both models see the same draws.
+        inputs: as for :func:`camkit.explain`.
+        method: as for :func:`camkit.explain`.
+        layer: as for :func:`camkit.explain`.
+        target: as for :func:`camkit.explain`.
+        backend: as for :func:`camkit.explain`.
+        image: as for :func:`camkit.explain`.
+        forward_kwargs: as for :func:`camkit.explain`.
+        **method_options: as for :func:`camkit.explain`; a method that draws noise gets
+            ``seed=0`` unless given one, so that both models see the same draws.
         top_k: the pixels of the top-k intersection: a count, or a fraction of the pixels.
 
     Returns:

@@ -49,6 +49,34 @@ def weighted(style: str):
     return kind
 
 
+def raw_relu_is_guided() -> None:
+    """Off TensorFlow, a ReLU a subclassed ``call`` writes itself (``keras.ops.relu``) is guided
+    as a ``ReLU`` layer is: the guided rule comes from the framework, not from the layers."""
+    import keras
+
+    class Raw(keras.Model):
+        def __init__(self, layer_relu: bool) -> None:
+            super().__init__()
+            self.conv = keras.layers.Conv2D(4, 3, name="conv")
+            self.relu = keras.layers.ReLU() if layer_relu else keras.ops.relu
+            self.fc = keras.layers.Dense(3, name="fc")
+
+        def call(self, x):
+            return self.fc(keras.ops.mean(self.relu(self.conv(x)), axis=(1, 2)))
+
+    images = np.random.default_rng(3).normal(size=(2, 8, 8, 3)).astype(np.float32)
+    models = [Raw(layer_relu) for layer_relu in (True, False)]
+    for model in models:
+        model(images)
+    models[1].set_weights(models[0].get_weights())
+    guided = [camkit.explain(m, images, "guided-backprop", target=1) for m in models]
+    np.testing.assert_allclose(guided[0].attributions, guided[1].attributions, atol=1e-6)
+    plain = camkit.GuidedBackprop(models[1]).provider.input_gradients(
+        camkit.ModelInputs(images), camkit.targets.ClassTarget(1), rule="standard"
+    )[0]
+    assert not np.allclose(np.asarray(plain), guided[1].attributions, atol=1e-6)
+
+
 def main(out: str) -> None:
     import keras
 
@@ -64,7 +92,9 @@ def main(out: str) -> None:
             explanation = camkit.explain(kind.model, kind.inputs, **options)
             maps[f"{style}/{name}"] = explanation.cams
         assert same_snapshot(before, kind.snapshot()), style
-    if expected == "camkit_keras":  # asked for by name, TensorFlow's backend says what to do
+    if expected == "camkit_keras":
+        raw_relu_is_guided()
+        # asked for by name, TensorFlow's backend says what to do
         try:
             camkit.explain(kind.model, kind.inputs, backend="tf")
         except camkit.BackendError as error:
