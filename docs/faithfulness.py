@@ -133,10 +133,12 @@ def main() -> None:
         "Smooth Grad-CAM++ equals Grad-CAM++ (noise cannot change a constant gradient).",
     ])  # fmt: skip
     caveat = " ".join([
-        "The random map has the lowest deletion AUC: zeroing scattered pixels makes a",
-        "high-frequency pattern that the network has never seen, and its confidence collapses",
-        "whatever the pixels were. Deletion with a zero baseline rewards that artefact, a known",
-        "weakness of the metric; read it together with insertion, where the random map is last.",
+        "The random map has a lower deletion AUC than every class activation map (only the",
+        "guided methods' maps, scattered pixels themselves, go lower): zeroing scattered",
+        "pixels makes a high-frequency pattern that the network has never seen, and its",
+        "confidence collapses whatever the pixels were. Deletion with a zero baseline rewards",
+        "that artefact, a known weakness of the metric; read it together with insertion,",
+        "where the random map is last.",
     ])  # fmt: skip
     lines = [
         "# Faithfulness of every camkit method",

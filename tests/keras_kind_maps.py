@@ -3,7 +3,9 @@ Keras backend of this process, for tests/test_keras_backends.py, which runs this
 per backend (``KERAS_BACKEND`` is read when Keras is imported) and compares the results.
 
 ``python tests/keras_kind_maps.py OUT.npz`` writes ``{kind}/{method}`` maps, with the same
-weights on every backend (drawn here, by variable, not by Keras' backend-specific seeding),
+weights on every backend (drawn here, by variable, not by Keras' backend-specific seeding), and
+``parity/{method}`` maps of every method on the parity CNN (study_builds.keras_cnn, the weights
+of test_torch.SmallCNN; noisy methods with ``seed=0``, the same host noise everywhere),
 and fails if camkit changed a model, chose another backend than Keras runs on, or let
 ``backend="tf"`` explain a model off TensorFlow without saying what to do.
 """
@@ -77,10 +79,23 @@ def raw_relu_is_guided() -> None:
     assert not np.allclose(np.asarray(plain), guided[1].attributions, atol=1e-6)
 
 
+def parity_maps() -> dict[str, np.ndarray]:
+    """Every method on the parity CNN, each as its own reading of ``layer``."""
+    from study_builds import keras_cnn
+
+    model, images = keras_cnn()
+    maps = {}
+    for name, method in camkit.methods().items():
+        layer = "conv2" if method.explains_layer else None
+        options = {"seed": 0} if name in ("smoothgradcam++", "sscam") else {}
+        maps[f"parity/{name}"] = camkit.explain(model, images, name, layer, **options).cams
+    return maps
+
+
 def main(out: str) -> None:
     import keras
 
-    maps = {}
+    maps = parity_maps()
     for style in STYLES:
         kind = weighted(style)
         before = kind.snapshot()
