@@ -30,6 +30,13 @@ from .targets import TopK
 
 __all__ = ["add_explain_command"]
 
+_DESCRIPTION = (
+    "Explain image files, and the images in folders (recursively), with a model. Writes per "
+    "image the overlays (PNG) and maps (float32 .npy), results.csv and report.html into --out; "
+    "an unreadable file is reported and skipped; run again into the same folder to explain "
+    "only what is missing."
+)
+
 #: ``preprocess(images) -> inputs``: RGB uint8 ``(H, W, 3)`` images to the model's batch.
 Preprocess = Callable[[Sequence[np.ndarray]], Any]
 
@@ -258,9 +265,8 @@ def _size(text: str) -> Any:
 def add_explain_command(commands: Any) -> None:
     """``camkit explain``, on the ``camkit`` parser's subcommands."""
     parser = commands.add_parser(
-        "explain", help="explain image files or folders with a model",
-        description=__doc__, formatter_class=argparse.ArgumentDefaultsHelpFormatter,
-    )  # fmt: skip
+        "explain", help="explain image files or folders with a model", description=_DESCRIPTION
+    )
     parser.add_argument("images", nargs="+", metavar="IMAGES_OR_DIRS")
     parser.add_argument(
         "--model", required=True, metavar="SPEC",
@@ -269,27 +275,48 @@ def add_explain_command(commands: Any) -> None:
     )  # fmt: skip
     parser.add_argument(
         "--method", action="append", choices=list(methods()), metavar="METHOD",
-        help="a method (repeat for several; default gradcam)",
+        help="a method (repeat for several; default: gradcam); see camkit methods",
     )  # fmt: skip
-    parser.add_argument("--layer", help="the layer to explain (default: the automatic choice)")
+    parser.add_argument("--layer", help="the layer to explain (default: camkit's choice)")
     parser.add_argument(
-        "--target", help="class index, class name (with --labels), or topk:K (default: top-1)"
-    )
+        "--target", help="a class index, a class name (with --labels), or topk:K "
+        "(default: each image's top-1 class)",
+    )  # fmt: skip
     parser.add_argument("--labels", help="a text file of class names, one per line")
     parser.add_argument(
-        "--size", type=_size, default="input", help="map size: input, layer, or HxW"
+        "--size", type=_size, default="input",
+        help="map size: input (the default), layer, or HxW",
+    )  # fmt: skip
+    parser.add_argument(
+        "--colormap", choices=COLORMAPS, default="jet", metavar="NAME",
+        help=f"one of {', '.join(COLORMAPS)} (default: jet)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--alpha", type=float, default=0.5, help="the map's weight in the overlay (default: 0.5)"
     )
-    parser.add_argument("--colormap", choices=COLORMAPS, default="jet")
-    parser.add_argument("--alpha", type=float, default=0.5, help="the overlay's map weight")
-    parser.add_argument("--batch-size", type=int, default=16)
-    parser.add_argument("--device", help="torch device for the model and inputs (e.g. cuda)")
-    parser.add_argument("--out", default="camkit-out", help="output folder (resumable)")
+    parser.add_argument(
+        "--batch-size", type=int, default=16, help="images per forward pass (default: 16)"
+    )
+    parser.add_argument("--device", help="torch device for the model and inputs, e.g. cuda")
+    parser.add_argument(
+        "--out", default="camkit-out", help="output folder, resumable (default: camkit-out)"
+    )
     group = parser.add_argument_group("preprocessing (unless the factory gives its own)")
-    group.add_argument("--resize", type=int, nargs=2, default=(224, 224), metavar=("H", "W"))
     group.add_argument(
-        "--range", choices=("0-1", "0-255"), default="0-1", help="pixel values before mean/std"
-    )
-    group.add_argument("--mean", type=float, nargs=3, default=(0.0, 0.0, 0.0))
-    group.add_argument("--std", type=float, nargs=3, default=(1.0, 1.0, 1.0))
-    group.add_argument("--bgr", action="store_true", help="give the model BGR, not RGB")
+        "--resize", type=int, nargs=2, default=(224, 224), metavar=("H", "W"),
+        help="the model's input size (default: 224 224)",
+    )  # fmt: skip
+    group.add_argument(
+        "--range", choices=("0-1", "0-255"), default="0-1",
+        help="pixel values before --mean/--std (default: 0-1)",
+    )  # fmt: skip
+    group.add_argument(
+        "--mean", type=float, nargs=3, default=(0.0, 0.0, 0.0), metavar=("R", "G", "B"),
+        help="subtracted per channel, in --range units (default: 0 0 0)",
+    )  # fmt: skip
+    group.add_argument(
+        "--std", type=float, nargs=3, default=(1.0, 1.0, 1.0), metavar=("R", "G", "B"),
+        help="divided per channel (default: 1 1 1)",
+    )  # fmt: skip
+    group.add_argument("--bgr", action="store_true", help="give the model BGR (default: RGB)")
     parser.set_defaults(run=run_explain)
