@@ -1,7 +1,19 @@
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
+
+if "PYTEST_XDIST_WORKER" in os.environ:
+    # one compute thread per worker: the workers share the machine's cores, and frameworks
+    # that each start a thread per core slow each other down (set before any framework is
+    # imported; the processes the tests start inherit it)
+    for variable in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "TF_NUM_INTRAOP_THREADS",
+                     "TF_NUM_INTEROP_THREADS"):  # fmt: skip
+        os.environ.setdefault(variable, "1")
+    os.environ.setdefault(
+        "XLA_FLAGS", "--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1"
+    )
 
 import pytest
 
