@@ -34,7 +34,7 @@ from camkit.provider import (
 )
 
 from . import _randomize
-from ._layers import bias_layers, walk_layers
+from ._layers import bias_layers, final_softmax_layer, walk_layers
 from ._substituted import Substituted
 
 __all__ = ["KerasProviderBase"]
@@ -93,6 +93,10 @@ class KerasProviderBase:
 
     def resolve_layer(self, layer: object) -> str:
         return kit.find_layer(layer, self._layers(), self._name, separator="/")
+
+    def _final_softmax_layer(self) -> Any | None:
+        """The model's last layer if it applies a softmax that camkit leaves out, else None."""
+        return final_softmax_layer(self.keras, self.model)
 
     def _scope(self) -> contextlib.AbstractContextManager[Any]:
         """Where a :class:`Substituted` model's variables read their new values, else

@@ -30,10 +30,12 @@ __all__ = [
     "keras_layout",
     "layer_calls",
     "logits_of",
+    "not_called",
     "relu_layers",
     "shadow_calls",
     "walk_layers",
     "warn_if_probabilities",
+    "with_first_tensor",
 ]
 
 
@@ -150,6 +152,23 @@ def first_tensor(value: Any, is_tensor: Callable[[Any], bool]) -> Any:
     if isinstance(value, list | tuple):
         return next((item for item in value if is_tensor(item)), None)
     return None
+
+
+def with_first_tensor(value: Any, new: Any, is_tensor: Callable[[Any], bool]) -> Any:
+    """``value`` (a layer's output) with ``new`` where :func:`first_tensor` finds its tensor:
+    ``new`` itself for a tensor, a list or tuple with that item replaced otherwise."""
+    if is_tensor(value):
+        return new
+    items = list(value)
+    items[next(i for i, item in enumerate(items) if is_tensor(item))] = new
+    return type(value)(items)
+
+
+def not_called(path: str) -> LayerError:
+    """The error for a chosen layer the model's forward pass never called."""
+    return LayerError(
+        f"layer {path!r} was not called during the forward pass; choose a layer that the model uses"
+    )
 
 
 def keras_layout(

@@ -63,12 +63,13 @@ from ._base import KerasProviderBase
 from ._layers import (
     classifier_kernel,
     effective_bias,
-    final_softmax_layer,
     first_tensor,
     layer_calls,
     logits_of,
+    not_called,
     shadow_calls,
     warn_if_probabilities,
+    with_first_tensor,
 )
 
 __all__ = ["KerasProvider"]
@@ -178,7 +179,7 @@ class KerasProvider(KerasProviderBase):
         traced = kit.trace_target(target, count)
         arrays = {name: self.ops.convert_to_tensor(v) for name, v in traced.arrays.items()}
         bound = traced.bind(arrays)
-        final = final_softmax_layer(self.keras, self.model)
+        final = self._final_softmax_layer()
         is_tensor, cast = self.ops.is_tensor, self.ops.cast
         remembered = self._state.calls
 
@@ -206,11 +207,7 @@ class KerasProvider(KerasProviderBase):
                         new = cast(replaced[1], tensor.dtype)
                     else:
                         new = tap(path, tensor)
-                    if is_tensor(output):
-                        return new
-                    items = list(output)
-                    items[next(i for i, item in enumerate(items) if is_tensor(item))] = new
-                    return type(output)(items)
+                    return with_first_tensor(output, new, is_tensor)
 
                 return tapping_call
 
@@ -239,10 +236,7 @@ class KerasProvider(KerasProviderBase):
         (after remembering the count) for one called another number of times."""
         for path in paths:
             if seen[path] == 0:
-                raise LayerError(
-                    f"layer {path!r} was not called during the forward pass; choose a layer "
-                    "that the model uses"
-                )
+                raise not_called(path)
         recount = {p: seen[p] for p in paths if seen[p] != self._state.calls.get(p, 1)}
         if recount:
             self._state.calls.update(recount)
@@ -275,7 +269,7 @@ class KerasProvider(KerasProviderBase):
                     lambda: self.autodiff.forward(lambda: run(None))
                 )
         kit.check_outputs(target, outputs, count, channels_last=True)
-        final = final_softmax_layer(self.keras, self.model)
+        final = self._final_softmax_layer()
         if isinstance(target, ClassTarget) and final is None and self.ops.is_tensor(outputs):
             warn_if_probabilities(self.autodiff.to_numpy(outputs))
         layer_gradients = None

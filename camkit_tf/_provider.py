@@ -70,12 +70,13 @@ from camkit_keras import Substituted
 from camkit_keras._base import KerasProviderBase
 from camkit_keras._layers import (
     classifier_kernel,
-    final_softmax_layer,
     first_tensor,
     layer_calls,
     logits_of,
+    not_called,
     shadow_calls,
     warn_if_probabilities,
+    with_first_tensor,
 )
 
 from ._backprop import check_all_guided, effective_bias, guided_relu, relu_routes
@@ -315,10 +316,7 @@ class KerasProvider(KerasProviderBase):
                 total = tf.reduce_sum(scored.scores, axis=0)
             missing = [path for path in layers if path not in recorded]
             if missing:
-                raise LayerError(
-                    f"layer {missing[0]!r} was not called during the forward pass; choose a "
-                    "layer that the model uses"
-                )
+                raise not_called(missing[0])
             activations = [recorded[path] for path in layers]
             grads = _gradients(tape, total, activations) if gradients else []
             if any(g is None for g in grads):
@@ -361,23 +359,15 @@ class KerasProvider(KerasProviderBase):
                 def replacing_call(*args: Any, **call_kwargs: Any) -> Any:
                     output = call(*args, **call_kwargs)
                     called.append(path)
-                    tensor = _first_tensor(output)
-                    swapped = tf.cast(replacement, tensor.dtype)
-                    if tf.is_tensor(output):
-                        return swapped
-                    items = list(output)
-                    items[next(i for i, t in enumerate(items) if tf.is_tensor(t))] = swapped
-                    return type(output)(items)
+                    swapped = tf.cast(replacement, _first_tensor(output).dtype)
+                    return with_first_tensor(output, swapped, tf.is_tensor)
 
                 return replacing_call
 
             with shadow_calls(chosen, replace), without_softmax():
                 outputs = model_ref()(structure, training=False, **kwargs)
             if layer is not None and not called:
-                raise LayerError(
-                    f"layer {layer!r} was not called during the forward pass; choose a layer "
-                    "that the model uses"
-                )
+                raise not_called(layer)
             image = structure if key is None else structure[key]
             count = replacement.shape[0] if layer is not None else image.shape[0]
             scored = kit.score_outputs(traced.bind(arrays), outputs, count, channels_last=True)
@@ -419,9 +409,6 @@ class KerasProvider(KerasProviderBase):
 
     def _repeats_prefix(self) -> set[str]:
         return self._cache.repeats_prefix
-
-    def _final_softmax_layer(self) -> Any | None:
-        return final_softmax_layer(self.keras, self.model)
 
     # -- input-space gradients (guided backpropagation, FullGrad) ---------------------------
 
@@ -511,10 +498,7 @@ class KerasProvider(KerasProviderBase):
                 check_all_guided(tf.compat.v1.get_default_graph())
             missing = [path for path in layers if path not in recorded]
             if missing:
-                raise LayerError(
-                    f"layer {missing[0]!r} was not called during the forward pass; choose a "
-                    "layer that the model uses"
-                )
+                raise not_called(missing[0])
             tensors = [image, *(recorded[path] for path in layers)]
             lead = tf.shape(scored.scores)
             grads = [
