@@ -6,6 +6,7 @@ Shapes: activations ``A`` are ``(N, C, H, W)``; maps are ``(N, H, W)``.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any, Literal
 
 from array_api_compat import array_namespace
@@ -13,11 +14,16 @@ from array_api_compat import array_namespace
 from . import _checks, _ops
 from ._base import CamMethod, ChannelWeightedMethod
 from ._errors import InputError, LayerError, TargetError
+from ._inputs import ModelInputs
+from ._multi import AllClasses, Classes, TopK
 from ._protocol import CLASSIFIER_WEIGHTS, Batch, Capture, capability
+from ._targets import ClassTarget, SigmoidTarget, SoftmaxTarget, Target
 
 __all__ = ["CAM", "EigenCAM", "EigenGradCAM"]
 
 Array = Any
+#: Targets whose every score is of a class (never ``-1``): CAM need not read their indices.
+_CLASS_TARGETS = (ClassTarget, SoftmaxTarget, SigmoidTarget, TopK, Classes, AllClasses)
 EigenVariant = Literal["paper", "centered"]
 
 
@@ -50,20 +56,28 @@ class CAM(ChannelWeightedMethod):
         # Read at every call: the model's weights may have changed since construction.
         return capability(self.provider, CLASSIFIER_WEIGHTS).classifier_weights(self.classifier)
 
-    def channel_weights(
-        self, activations: Array, gradients: None, capture: Capture, batch: Batch
-    ) -> Array:
+    def _capture(self, inputs: ModelInputs, layers: Sequence[str], target: Target) -> Capture:
+        capture = super()._capture(inputs, layers, target)
         if capture.indices is None:
             raise TargetError(
                 "CAM weights channels by one class's classifier weights, so target= must be a "
                 "class (None, an index, or one index per sample), not a callable"
             )
-        if (self.provider.to_numpy(capture.indices) < 0).any():
+        # Only targets that may leave a score without a class (boxes) are read on the host.
+        if (
+            not isinstance(target, _CLASS_TARGETS)
+            and (self.provider.to_numpy(capture.indices) < 0).any()
+        ):
             raise TargetError(
                 "CAM weights channels by a class's classifier weights, but some of the target's "
                 "scores have no class (a box no prediction matched); use a gradient method for "
                 "such targets"
             )
+        return capture
+
+    def channel_weights(
+        self, activations: Array, gradients: None, capture: Capture, batch: Batch
+    ) -> Array:
         weights = self._classifier_weights()
         if weights.shape[1] != activations.shape[1]:
             raise LayerError(

@@ -105,17 +105,18 @@ def explain(
             (default: the first array with spatial axes).
         forward_kwargs: more keyword arguments for the model's forward pass (masks, text).
         **options: the method's options: ``relu``, ``normalize``, ``fusion``, ``layout``,
-            ``grid``, ``prefix_tokens``, ``nonfinite``, ``eigen_smooth``, ``aug_smooth`` (see
-            :class:`CamMethod`), and per method ``variant`` (Grad-CAM++, Eigen-CAM,
-            EigenGrad-CAM), ``masks`` (the Score-CAM family), ``classifier`` (CAM),
-            ``samples``/``noise``/``seed`` (the smoothed methods), ``batch_size``,
-            ``precision``, ``progress`` and ``weighting`` (the perturbation family),
+            ``grid``, ``prefix_tokens``, ``nonfinite``, ``eigen_smooth``, ``aug_smooth``,
+            ``on_device``, ``dtype`` (see :class:`CamMethod`), and per method ``variant``
+            (Grad-CAM++, Eigen-CAM, EigenGrad-CAM), ``masks`` (the Score-CAM family),
+            ``classifier`` (CAM), ``samples``/``noise``/``seed`` (the smoothed methods),
+            ``batch_size``, ``precision``, ``progress`` and ``weighting`` (the perturbation family),
             ``channels`` (Faster Score-CAM), ``upsample`` (Guided Grad-CAM), ``variant``
             (FullGrad).
 
     Returns:
         an :class:`Explanation` whose ``cams`` are numpy float32 ``(N, H, W)`` (``(N, L)``,
-        ``(N, D, H, W)`` for signals and volumes).
+        ``(N, D, H, W)`` for signals and volumes); with ``on_device=True`` the framework's
+        arrays on the model's device, with ``dtype=`` float16 or uint8.
     """
     cls = _METHODS.get(method) if isinstance(method, str) else None
     if cls is None:

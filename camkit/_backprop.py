@@ -18,7 +18,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
-import numpy as np
 from array_api_compat import array_namespace
 
 from . import _checks, _ops
@@ -97,18 +96,15 @@ class _InputSpaceMethod(CamMethod):
         )  # fmt: skip
         return self._final_maps(magnitude, size), capture
 
-    def _explanation(self, cams: Array, capture: Capture) -> Explanation:
-        explanation = super()._explanation(cams, capture)
+    def _explanation(
+        self, cams: Array, capture: Capture, *, attributions: Array | None = None,
+        layers: tuple[str, ...] | None = None,
+    ) -> Explanation:  # fmt: skip
         if not isinstance(capture, _InputCapture):
-            return explanation
-        attributions = None
-        if capture.attributions is not None:
-            values = np.asarray(self.provider.to_numpy(capture.attributions), dtype=np.float32)
-            maps = explanation.cams.reshape(*explanation.scores.shape, -1)
-            lost = ~np.isfinite(maps).all(axis=-1)  # samples given NaN maps (nonfinite="nan")
-            spread = lost.reshape(*lost.shape, *(1,) * (values.ndim - lost.ndim))
-            attributions = np.where(spread, np.float32(np.nan), values)
-        return dataclasses.replace(explanation, attributions=attributions, layers=capture.layers)
+            return super()._explanation(cams, capture)
+        return super()._explanation(
+            cams, capture, attributions=capture.attributions, layers=capture.layers
+        )
 
 
 def _checked(array: Array, scores: Array, rank: int, what: str) -> Array:

@@ -37,6 +37,7 @@ from ._choose import choose_layer
 from ._errors import CamkitError, CapabilityError, InputError, LayerError
 from ._inputs import ModelInputs, as_model_inputs
 from ._layout import LayerTable, LayoutLike, check_layout, layer_layout, to_channels_first
+from ._output import MapDtype, NonFinite, Output, host_array, map_dtype
 from ._protocol import (
     FORWARD_SCORES,
     FUSED_PIPELINE,
@@ -61,7 +62,6 @@ __all__ = [
 
 Array = Any
 Normalize = Literal["minmax", "none", "minmax-before-resize"]
-NonFinite = Literal["raise", "nan"]
 OutputSize = Literal["input", "layer"] | tuple[int, ...]
 LayerLike = str | object
 
@@ -84,24 +84,44 @@ class Explanation:
     *S)`` for ``K`` scores per sample), channels-first whatever the model's layout, unscaled,
     and ``cams`` is its magnitude over channels, ``max_c |attributions[n, c]|`` (normalized
     as ``cams`` are).
+
+    With ``on_device=True`` the arrays are the model's framework's, on its device (``targets``
+    in the framework's integer type); :meth:`numpy` copies them to the host. ``cams`` are
+    float16 or uint8 (``round(255 * map)``) when ``dtype=`` asks for it.
     """
 
-    cams: np.ndarray
-    targets: np.ndarray
-    scores: np.ndarray
+    cams: Array
+    targets: Array
+    scores: Array
     layers: tuple[str, ...]
     method: str
     backend: str
-    attributions: np.ndarray | None = None
+    attributions: Array | None = None
 
     def __len__(self) -> int:
         return int(self.cams.shape[0])
 
+    def numpy(self) -> Explanation:
+        """This explanation with numpy arrays on the host (itself when they are already):
+        ``targets`` int64, ``scores`` float32, ``cams`` in their dtype."""
+        if isinstance(self.cams, np.ndarray):
+            return self
+        attributions = None if self.attributions is None else host_array(self.attributions)
+        return dataclasses.replace(
+            self, cams=np.ascontiguousarray(host_array(self.cams)),
+            targets=host_array(self.targets).astype(np.int64),
+            scores=host_array(self.scores).astype(np.float32), attributions=attributions,
+        )  # fmt: skip
+
     def __repr__(self) -> str:
+        targets = (
+            repr(self.targets.tolist()) if isinstance(self.targets, np.ndarray)
+            else f"<{type(self.targets).__name__} {tuple(self.targets.shape)}>"
+        )  # fmt: skip
         return (
             f"Explanation(method={self.method!r}, backend={self.backend!r}, "
-            f"layers={self.layers!r}, cams=<{self.cams.dtype} {self.cams.shape}>, "
-            f"targets={self.targets.tolist()!r})"
+            f"layers={self.layers!r}, cams=<{self.cams.dtype} {tuple(self.cams.shape)}>, "
+            f"targets={targets})"
         )
 
 
@@ -147,6 +167,12 @@ class CamMethod(ABC):
             flips times intensity factors 0.9, 1, 1.1, as pytorch-grad-cam does), each brought
             back onto the inputs' pixels; a :class:`~camkit.Augmentations` chooses the views
             (flips, factors, spatial scales). Needs the ``forward_scores`` capability.
+        on_device: keep the result's arrays as the framework's arrays on the model's device
+            (:meth:`Explanation.numpy` copies them to the host when wanted): nothing is read
+            back from the device, except, with ``nonfinite="raise"``, the ``(N,)`` flags of
+            which samples are finite (pass ``nonfinite="nan"`` to read nothing).
+        dtype: the maps' dtype: ``"float32"``, ``"float16"`` or ``"uint8"``
+            (``round(255 * map)``, for normalized maps); cast on the device, before any copy.
 
     A method object may be called from several threads; calls on one model run one at a time
     (each backend holds the model's lock while it runs the model).
@@ -189,6 +215,8 @@ class CamMethod(ABC):
         nonfinite: NonFinite = "raise",
         eigen_smooth: bool = False,
         aug_smooth: bool | Augmentations = False,
+        on_device: bool = False,
+        dtype: MapDtype = "float32",
     ) -> None:
         self.normalize: Normalize = _checks.one_of(normalize, "normalize", get_args(Normalize))
         self.fusion: _ops.Fusion = _checks.one_of(fusion, "fusion", ("mean", "max", "product"))
@@ -208,6 +236,11 @@ class CamMethod(ABC):
             else _checks.non_negative_int(prefix_tokens, "prefix_tokens")
         )  # fmt: skip
         self.nonfinite: NonFinite = _checks.one_of(nonfinite, "nonfinite", ("raise", "nan"))
+        self.output = Output(
+            on_device=bool(_checks.optional_flag(on_device, "on_device")),
+            dtype=map_dtype(dtype, normalized=self.normalize != "none", nonfinite=self.nonfinite),
+            nonfinite=self.nonfinite,
+        )
         self.eigen_smooth = bool(_checks.optional_flag(eigen_smooth, "eigen_smooth"))
         self.aug_smooth = as_augmentations(aug_smooth)
         self.backend, self.provider = provider_for(model, backend)
@@ -393,33 +426,23 @@ class CamMethod(ABC):
             return self._channel_sum(xp.reshape(weights, spread) * activations)
         return _ops.weighted_channel_sum(weights, activations)
 
-    def _explanation(self, cams: Array, capture: Capture) -> Explanation:
-        to_numpy = self.provider.to_numpy
-        maps = np.ascontiguousarray(to_numpy(cams), dtype=np.float32)
-        scores = to_numpy(capture.scores).astype(np.float32)
-        if capture.indices is None:
-            targets = np.full(scores.shape, -1, dtype=np.int64)
-        else:
-            targets = to_numpy(capture.indices).astype(np.int64)
-        per_map = maps.reshape(*scores.shape, -1)  # one row per map: (N, ...) or (N, K, ...)
-        finite = np.isfinite(scores) & np.isfinite(per_map).all(axis=-1)
-        if not finite.all():
-            samples = sorted({int(n) for n in np.argwhere(~finite)[:, 0]})
-            if self.nonfinite == "raise":
-                raise InputError(
-                    f"NaN or inf: the scores or maps of samples {samples} are not finite, so "
-                    "their inputs (or the model's weights) hold NaN or inf; check "
-                    "np.isfinite(inputs[i]).all() for those samples, or pass nonfinite='nan' "
-                    "to get NaN maps for them"
-                )
-            maps = np.where(finite[..., None], per_map, np.float32(np.nan)).reshape(maps.shape)
+    def _explanation(
+        self, cams: Array, capture: Capture, *, attributions: Array | None = None,
+        layers: tuple[str, ...] | None = None,
+    ) -> Explanation:  # fmt: skip
+        """The final step: the maps and scores of a batch as ``on_device``/``dtype`` ask
+        (:class:`~camkit._output.Output`), the only step that reads from the device."""
+        maps, targets, scores, attributions = self.output.finish(
+            cams, capture.scores, capture.indices, attributions, self.provider.to_numpy
+        )
         return Explanation(
             cams=maps,
             targets=targets,
             scores=scores,
-            layers=tuple(self._layers or ()),
+            layers=tuple(self._layers or ()) if layers is None else layers,
             method=self.name,
             backend=self.backend,
+            attributions=attributions,
         )
 
     @abstractmethod

@@ -237,8 +237,7 @@ class SmoothGradCAMPlusPlus(ChannelWeightedMethod):
         xp = array_namespace(x)
         axes = tuple(range(1, x.ndim))
         spread = xp.max(x, axis=axes, keepdims=True) - xp.min(x, axis=axes, keepdims=True)
-        indices = None if clean.indices is None else self.provider.to_numpy(clean.indices)
-        pinned = rows_target(target, indices, np.arange(x.shape[0]), probability=False)
+        pinned = rows_target(target, clean.indices, np.arange(x.shape[0]), probability=False)
         seed = _noise.run_seed(self.seed)
         sums: list[list[Array]] | None = None
         for repeat in range(self.samples):

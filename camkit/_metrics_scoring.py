@@ -20,6 +20,7 @@ from . import _checks
 from ._base import Explanation
 from ._errors import CapabilityError, InputError, TargetError
 from ._inputs import ModelInputs, as_model_inputs
+from ._output import host_array, unit_maps
 from ._progress import Progress
 from ._protocol import (
     FORWARD_SCORES,
@@ -53,7 +54,7 @@ def as_maps(cams: Explanation | Any, argument: str = "cams") -> np.ndarray:
             f"metrics take one per sample: pass {argument}.cams[:, k] (with "
             "target=explanation.targets[:, k] for a class target)"
         )
-    maps = cams.cams if isinstance(cams, Explanation) else np.asarray(cams)
+    maps = host_array(cams.cams if isinstance(cams, Explanation) else cams)
     if not 2 <= maps.ndim <= 4 or maps.size == 0:
         raise InputError(
             f"{argument} has shape {maps.shape}; expected maps (N, H, W) (or (N, L), "
@@ -67,7 +68,7 @@ def as_maps(cams: Explanation | Any, argument: str = "cams") -> np.ndarray:
             f"{argument} hold NaN or inf for samples {bad}; drop those samples (an explanation "
             "made with nonfinite='nan' marks them with NaN maps)"
         )
-    return maps.astype(np.float32, copy=False)
+    return unit_maps(maps)
 
 
 def saliency_ranks(maps: np.ndarray, *, most_first: bool = True) -> np.ndarray:

@@ -13,6 +13,7 @@ import numpy as np
 
 from . import _checks
 from ._errors import InputError
+from ._output import host_array, unit_maps
 
 __all__ = ["COLORMAPS", "IMAGE_SUFFIXES", "image_grid", "overlay", "read_image", "save_image"]
 
@@ -94,7 +95,7 @@ def _as_rgb_uint8(image: Any, argument: str) -> np.ndarray:
 def _heat(cam: Any) -> np.ndarray:
     """One map as float32 in ``[0, 1]``: by its own range where it leaves ``[0, 1]`` (before a
     resize can miss its extremes)."""
-    heat = np.asarray(cam, dtype=np.float32)
+    heat = unit_maps(cam)  # uint8 maps as m / 255, device arrays fetched
     if heat.size == 0 or not 1 <= heat.ndim <= 3:
         raise InputError(
             f"cam has shape {np.asarray(cam).shape}; overlay takes one map, (h, w) for an "
@@ -203,7 +204,8 @@ def overlay(
     """
     alpha = _checks.number(alpha, "alpha", minimum=0, maximum=1)
     _checks.one_of(colormap, "colormap", COLORMAPS)
-    heat = _heat(np.asarray(cam)[0] if np.ndim(cam) == 3 and np.shape(cam)[0] == 1 else cam)
+    cam = host_array(cam)
+    heat = _heat(cam[0] if cam.ndim == 3 and cam.shape[0] == 1 else cam)
     if heat.ndim == 1:
         picture = _signal_picture(image, len(heat), height=128)
         strip = heat[None, :]

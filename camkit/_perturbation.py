@@ -32,7 +32,6 @@ from ._progress import Progress
 from ._protocol import (
     FORWARD_FROM_LAYER,
     FORWARD_SCORES,
-    ActivationGradientProvider,
     Batch,
     Capture,
     Precision,
@@ -48,15 +47,12 @@ Weighting = Literal["class-softmax", "channel-softmax"]
 Masks = Literal["paper", "torchcam", "pytorch-grad-cam"]
 
 
-def _host_indices(
-    provider: ActivationGradientProvider, capture: Capture, batch: Batch
-) -> np.ndarray | None:
-    """The indices the capture's target chose, per real sample: ``(N,)``, or ``(N, K)`` for
-    ``K`` scores per sample."""
-    if capture.indices is None:
-        return None
-    indices = provider.to_numpy(capture.indices)
-    return indices if batch.columns is None else indices.reshape(-1, batch.columns)
+def _sample_indices(capture: Capture, batch: Batch) -> Array | None:
+    """The indices the capture's target chose, per real sample, where they are (on the model's
+    device): ``(N,)``, or ``(N, K)`` for ``K`` scores per sample."""
+    if capture.indices is None or batch.columns is None:
+        return capture.indices
+    return array_namespace(capture.indices).reshape(capture.indices, (-1, batch.columns))
 
 
 def _real_samples(virtual: Array, batch: Batch) -> Array:
@@ -200,7 +196,7 @@ class ScoreCAM(CamMethod):
         count, channels = selected.shape[0], selected.shape[1]
         flat = xp.reshape(selected, (count * channels, *selected.shape[2:]))
         image, model_inputs, chosen = _filled(batch)
-        indices = _host_indices(self.provider, capture, batch)
+        indices = _sample_indices(capture, batch)
         probability = self.weighting == "class-softmax"
         seed = _noise.run_seed(self.seed)
         progress = Progress(self.name, count * channels * self.repeats, self.progress)
@@ -384,7 +380,7 @@ class AblationCAM(CamMethod):
         count, channels = activations.shape[0], activations.shape[axis]
         keep_all = 1 - xp.eye(channels, dtype=activations.dtype, device=device(activations))
         shape = [1] * activations.ndim
-        indices = _host_indices(self.provider, capture, batch)
+        indices = _sample_indices(capture, batch)
         _, model_inputs, chosen = _filled(batch)
         progress = Progress(self.name, count * channels, self.progress)
         per_sample = []

@@ -27,6 +27,7 @@ import numpy as np
 
 from ._base import Explanation
 from ._errors import InputError
+from ._output import unit_maps
 from ._overlay import overlay, save_image
 
 __all__ = ["RESULTS", "Result", "read_results", "save"]
@@ -89,7 +90,8 @@ def save(
         if len(given) != count:
             raise InputError(f"{argument} has {len(given)} entries for {count} images")
     root = Path(out_dir)
-    cams = np.asarray(explanation.cams, np.float32)
+    explanation = explanation.numpy()
+    cams = unit_maps(explanation.cams)
     several = explanation.targets.ndim == 2
     rows = []
     for i in range(count):

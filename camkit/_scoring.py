@@ -17,18 +17,22 @@ import numpy as np
 
 from ._errors import CamkitError, InputError, TargetError
 from ._multi import AllClasses, Classes, TopK
-from ._namespace import array_namespace
+from ._namespace import array_namespace, device
 from ._targets import (
     CallableTarget,
+    ClassScore,
     ClassTarget,
     ScoredTarget,
     SigmoidTarget,
     SoftmaxTarget,
     Target,
     _host_values,
+    _pick,
+    class_scores,
 )
 
 __all__ = [
+    "PinnedClasses",
     "TargetLike",
     "TracedTarget",
     "as_target",
@@ -64,29 +68,71 @@ def as_target(target: TargetLike) -> Target:
     return ClassTarget(target)  # type: ignore[arg-type]
 
 
+@dataclass(frozen=True)
+class PinnedClasses(Target):
+    """Classes already chosen, one per score: ``S[r] = score(y)[r, c[r]]`` (``(R,)``), or
+    ``S[r, k] = score(y)[r, c[r, k]]`` (``(R, K)``).
+
+    ``indices`` are what a capture's target chose on the unperturbed samples, an integer
+    array of the outputs' framework (on the model's device: taking rows and scoring never read
+    it back to the host) or of numpy; ``score`` reads the class outputs (see
+    :func:`~camkit._targets.class_scores`). Made by :func:`rows_target`, not by users.
+    """
+
+    indices: Array = None
+    score: ClassScore = "logit"
+    #: ``K`` for ``(R, K)`` indices, ``None`` for ``(R,)``: static, so that a compiler that
+    #: generalizes the indices' shape (TensorFlow's retracing) still knows their rank.
+    columns: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.indices is not None and self.columns is None and self.indices.ndim == 2:
+            object.__setattr__(self, "columns", int(self.indices.shape[1]))
+
+    def check(self, shape: tuple[int, ...], count: int) -> None:
+        if len(shape) != 2:
+            raise TargetError(f"a pinned class target needs outputs (N, classes), got {shape}")
+
+    def arrays(self, count: int) -> dict[str, Array]:
+        return {"indices": self.indices}
+
+    def take(self, rows: np.ndarray) -> Target:
+        if isinstance(self.indices, np.ndarray):
+            return PinnedClasses(self.indices[rows], self.score, self.columns)
+        xp = array_namespace(self.indices)
+        taken = xp.take(self.indices, xp.asarray(rows, device=device(self.indices)), axis=0)
+        return PinnedClasses(taken, self.score, self.columns)
+
+    def resolve(self, outputs: Array) -> ScoredTarget:
+        xp = array_namespace(outputs)
+        indices = xp.astype(xp.asarray(self.indices, device=device(outputs)), xp.int32)
+        indices = xp.reshape(indices, (-1,) if self.columns is None else (-1, self.columns))
+        return ScoredTarget(_pick(class_scores(outputs, self.score), indices), indices)
+
+
 def rows_target(
-    target: Target, indices: np.ndarray | None, rows: np.ndarray, *, probability: bool
+    target: Target, indices: Array | None, rows: np.ndarray, *, probability: bool
 ) -> Target:
     """``target`` for a batch whose row ``b`` is a perturbed copy of sample ``rows[b]``.
 
     A class target is pinned to the classes ``indices`` (``(N,)``, or ``(N, K)`` for several per
-    sample) it chose on the unperturbed samples (a top-1 target must not follow a perturbed
-    input to another class), read as softmax probabilities if ``probability`` (a sigmoid target
-    keeps its sigmoid); other targets take their rows (:meth:`Target.take`).
+    sample; numpy or the framework's array, left where it is) it chose on the unperturbed
+    samples (a top-1 target must not follow a perturbed input to another class), read as
+    softmax probabilities if ``probability`` (a sigmoid target keeps its sigmoid); other
+    targets take their rows (:meth:`Target.take`).
     """
+    score: ClassScore
     if indices is None:
         return target.take(rows)
-    chosen = np.asarray(indices)[rows]
     if isinstance(target, TopK | Classes | AllClasses):
         score = "probability" if probability and target.score == "logit" else target.score
-        return Classes(chosen, score=score)
-    if isinstance(target, SigmoidTarget):
-        return SigmoidTarget(chosen.tolist())
-    if isinstance(target, ClassTarget | SoftmaxTarget):
-        if probability or isinstance(target, SoftmaxTarget):
-            return SoftmaxTarget(chosen.tolist())
-        return ClassTarget(chosen.tolist())
-    return target.take(rows)
+    elif isinstance(target, SigmoidTarget):
+        score = "sigmoid"
+    elif isinstance(target, ClassTarget | SoftmaxTarget):
+        score = "probability" if probability or isinstance(target, SoftmaxTarget) else "logit"
+    else:
+        return target.take(rows)
+    return PinnedClasses(indices, score).take(rows)
 
 
 # -- scoring: the one place a target meets a model's outputs -----------------------------------

@@ -142,8 +142,7 @@ def smoothed_maps(
             "Augmentations.flips holds 'vertical', but the inputs have one spatial axis; use "
             "'none' and 'horizontal'"
         )
-    indices = None if capture.indices is None else method.provider.to_numpy(capture.indices)
-    pinned = rows_target(target, indices, np.arange(inputs.count), probability=False)
+    pinned = rows_target(target, capture.indices, np.arange(inputs.count), probability=False)
     at_size = copy.copy(method)  # every view's maps at the unaugmented maps' size
     at_size.size = size
     image = forward.core_inputs(inputs)

@@ -65,6 +65,16 @@ __all__ = ["JaxProvider", "trace_count"]
 _DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
 
 
+def _device_of(params: Any) -> Any:
+    """The device the parameters live on (the first one's; ``None``, the default device, for
+    a model without parameters or with parameters sharded over several devices)."""
+    for leaf in jax.tree.leaves(params):
+        if isinstance(leaf, jax.Array):
+            devices = leaf.devices()
+            return next(iter(devices)) if len(devices) == 1 else None
+    return None
+
+
 class _Mapped(NamedTuple):
     """What a compiled capture fused with a map pipeline returns."""
 
@@ -211,8 +221,12 @@ class JaxProvider:
         return function, split.params
 
     def _call(self, function: Any, params: Any, inputs: ModelInputs, *args: Any) -> Any:
+        # Explicitly onto the parameters' device: host arrays (a target's indices, numpy
+        # inputs) are transferred by intent, never implicitly (jax.transfer_guard allows that),
+        # and inputs on another device follow the model rather than the default device.
+        params, *placed = jax.device_put((params, *args), _device_of(params))
         with self._lock, self._running(inputs):
-            return function(params, *args)
+            return function(params, *placed)
 
     # -- capture --------------------------------------------------------------------------
 
@@ -270,7 +284,8 @@ class JaxProvider:
     def core_inputs(self, inputs: ModelInputs) -> Any:
         """The validated image as a channels-first ``(N, C, *S)`` float32 array."""
         self._prepare(inputs)
-        image = jnp.asarray(inputs.image, jnp.float32)
+        image = jax.device_put(inputs.image, _device_of(self.kind.split().params))
+        image = image.astype(jnp.float32)
         return jnp.moveaxis(image, -1, 1) if self.kind.layout.channels_last else image
 
     def native_image(self, x: Any) -> Any:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import threading
 import warnings
+import weakref
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
@@ -26,6 +27,7 @@ __all__ = [
     "default_layout",
     "effective_bias",
     "final_softmax_layer",
+    "first_look",
     "first_tensor",
     "keras_layout",
     "layer_calls",
@@ -126,6 +128,19 @@ def logits_of(keras: Any, layer: Any | None) -> Iterator[None]:
         return
     with shadow_calls({"softmax": layer}, lambda path, f: keras.activations.linear, "activation"):
         yield
+
+
+_LOOKED_AT: weakref.WeakSet[Any] = weakref.WeakSet()
+
+
+def first_look(model: Any) -> bool:
+    """Whether this is the first time ``model``'s outputs are looked at on the host: a check
+    that reads them from the device (``warn_if_probabilities``) runs once per model, not at
+    every call, so that later calls never wait on the device."""
+    if model in _LOOKED_AT:
+        return False
+    _LOOKED_AT.add(model)
+    return True
 
 
 def warn_if_probabilities(outputs: Any) -> None:

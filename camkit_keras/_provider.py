@@ -63,6 +63,7 @@ from ._base import KerasProviderBase
 from ._layers import (
     classifier_kernel,
     effective_bias,
+    first_look,
     first_tensor,
     layer_calls,
     logits_of,
@@ -270,7 +271,10 @@ class KerasProvider(KerasProviderBase):
                 )
         kit.check_outputs(target, outputs, count, channels_last=True)
         final = self._final_softmax_layer()
-        if isinstance(target, ClassTarget) and final is None and self.ops.is_tensor(outputs):
+        if (
+            isinstance(target, ClassTarget) and final is None and self.ops.is_tensor(outputs)
+            and first_look(self.model)
+        ):  # fmt: skip
             warn_if_probabilities(self.autodiff.to_numpy(outputs))
         layer_gradients = None
         if gradients:

@@ -7,11 +7,13 @@ weights on every backend (drawn here, by variable, not by Keras' backend-specifi
 ``parity/{method}`` maps of every method on the parity CNN (study_builds.keras_cnn, the weights
 of test_torch.SmallCNN; noisy methods with ``seed=0``, the same host noise everywhere),
 and fails if camkit changed a model, chose another backend than Keras runs on, or let
-``backend="tf"`` explain a model off TensorFlow without saying what to do.
+``backend="tf"`` explain a model off TensorFlow without saying what to do, or (on PyTorch and
+JAX) read a value back from the device before a method's final maps.
 """
 
 from __future__ import annotations
 
+import functools
 import sys
 
 import numpy as np
@@ -89,7 +91,29 @@ def parity_maps() -> dict[str, np.ndarray]:
         layer = "conv2" if method.explains_layer else None
         options = {"seed": 0} if name in ("smoothgradcam++", "sscam") else {}
         maps[f"parity/{name}"] = camkit.explain(model, images, name, layer, **options).cams
+        again = functools.partial(camkit.explain, model, images, name, layer, **options)
+        reads_nothing_before_its_final_maps(again, name)
     return maps
+
+
+def reads_nothing_before_its_final_maps(explain, name: str) -> None:
+    """On Keras' PyTorch and JAX backends, ``explain()`` reads nothing back from the device
+    before camkit's final step (tests/test_host_sync.py's checks, run here where Keras is)."""
+    import keras
+    from test_host_sync import final_step_allowed, final_step_marked, torch_recorder
+
+    if keras.backend.backend() == "jax":
+        import jax
+
+        with final_step_allowed(jax), jax.transfer_guard_device_to_host("disallow"):
+            explain()
+    elif keras.backend.backend() == "torch":
+        log: list[str] = []
+        with final_step_marked() as inside, torch_recorder(log, inside):
+            explain()
+        # Keras' own convert_to_tensor moves inputs .to(its device), "cpu" on this machine
+        log = [line for line in log if "keras/src/backend" not in line]
+        assert not log, (name, log[0])
 
 
 def main(out: str) -> None:
