@@ -25,6 +25,8 @@ from ._errors import (
     ModelError,
     TargetError,
 )
+from ._evaluate import evaluate
+from ._evaluation import Evaluation, read_evaluation
 from ._gradient import (
     GradCAM,
     GradCAMElementWise,
@@ -51,6 +53,7 @@ from ._protocol import (
     Capture,
     Precision,
 )
+from ._ray import RayEvaluator
 from ._registry import (
     Backend,
     BackendInfo,
@@ -94,6 +97,7 @@ __all__ = [
     "ChannelWeightedMethod",
     "EigenCAM",
     "EigenGradCAM",
+    "Evaluation",
     "Explanation",
     "FasterScoreCAM",
     "FullGrad",
@@ -112,6 +116,7 @@ __all__ = [
     "ModelError",
     "ModelInputs",
     "Precision",
+    "RayEvaluator",
     "Result",
     "ScoreCAM",
     "SmoothGradCAMPlusPlus",
@@ -120,6 +125,7 @@ __all__ = [
     "XGradCAM",
     "backends",
     "compare",
+    "evaluate",
     "explain",
     "hookimpl",
     "image_grid",
@@ -129,6 +135,7 @@ __all__ = [
     "module_available",
     "overlay",
     "provider",
+    "read_evaluation",
     "read_image",
     "register_backend",
     "report",
