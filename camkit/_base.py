@@ -235,11 +235,11 @@ class CamMethod(ABC):
             None if prefix_tokens is None
             else _checks.non_negative_int(prefix_tokens, "prefix_tokens")
         )  # fmt: skip
-        self.nonfinite: NonFinite = _checks.one_of(nonfinite, "nonfinite", ("raise", "nan"))
+        checked: NonFinite = _checks.one_of(nonfinite, "nonfinite", ("raise", "nan"))
         self.output = Output(
             on_device=bool(_checks.optional_flag(on_device, "on_device")),
-            dtype=map_dtype(dtype, normalized=self.normalize != "none", nonfinite=self.nonfinite),
-            nonfinite=self.nonfinite,
+            dtype=map_dtype(dtype, normalized=self.normalize != "none", nonfinite=checked),
+            nonfinite=checked,
         )
         self.eigen_smooth = bool(_checks.optional_flag(eigen_smooth, "eigen_smooth"))
         self.aug_smooth = as_augmentations(aug_smooth)
@@ -262,6 +262,11 @@ class CamMethod(ABC):
         if not layers:
             raise InputError("layer=[] names no layer; pass None to pick one automatically")
         return layers
+
+    @property
+    def nonfinite(self) -> NonFinite:
+        """``nonfinite=`` as given (held by :attr:`output`, which applies it)."""
+        return self.output.nonfinite
 
     @property
     def layers(self) -> tuple[str, ...] | None:

@@ -21,7 +21,7 @@ from ._base import CamMethod, LayerLike
 from ._errors import InputError, closest_names
 from ._evaluation_store import describe
 from ._faithfulness import confidence_change, deletion, insertion
-from ._namespace import array_namespace, device
+from ._namespace import take_rows
 from ._output import unit_maps
 from ._road import road
 from ._targets import _host_values
@@ -32,7 +32,7 @@ __all__ = [
     "BatchEvaluator",
     "BatchResult",
     "host_labels",
-    "take_rows",
+    "kept_rows",
 ]
 
 
@@ -149,12 +149,11 @@ def host_labels(labels: Any, count: int) -> np.ndarray | None:
     return values.astype(np.int64)
 
 
-def take_rows(inputs: Any, rows: np.ndarray) -> Any:
+def kept_rows(inputs: Any, rows: np.ndarray) -> Any:
     """The samples ``rows`` of a batch of any framework (all of it when every row is kept)."""
     if len(rows) == int(inputs.shape[0]):
         return inputs
-    xp = array_namespace(inputs)
-    return xp.take(inputs, xp.asarray(rows, device=device(inputs)), axis=0)
+    return take_rows(inputs, rows)
 
 
 @dataclass(frozen=True)

@@ -18,7 +18,7 @@ import numpy as np
 
 from . import _checks
 from ._base import LayerLike
-from ._batch_evaluation import BatchEvaluator, host_labels, take_rows
+from ._batch_evaluation import BatchEvaluator, host_labels, kept_rows
 from ._errors import InputError
 from ._evaluation import Evaluation, read_evaluation
 from ._evaluation_store import MapsDtype, Store, TableFormat, check_maps_dtype, check_table
@@ -159,7 +159,7 @@ def evaluate(
                 if len(rows):
                     chosen = host_labels(labels, count)
                     result = evaluator(
-                        take_rows(inputs, rows),
+                        kept_rows(inputs, rows),
                         None if chosen is None else chosen[rows],
                         samples[rows],
                     )

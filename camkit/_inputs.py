@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 
 from ._errors import InputError
-from ._namespace import array_namespace, device
+from ._namespace import take_rows
 
 __all__ = ["ModelInputs", "as_model_inputs"]
 
@@ -84,8 +84,7 @@ class ModelInputs:
         def take(value: Any) -> Any:
             if len(value.shape) == 0 or int(value.shape[0]) != count:
                 return value
-            xp = array_namespace(value)
-            return xp.take(value, xp.asarray(rows, device=device(value)), axis=0)
+            return take_rows(value, rows)
 
         return self.with_image(None).map_inputs(take).with_image(image)
 

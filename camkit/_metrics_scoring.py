@@ -20,6 +20,7 @@ from . import _checks
 from ._base import Explanation
 from ._errors import CapabilityError, InputError, TargetError
 from ._inputs import ModelInputs, as_model_inputs
+from ._namespace import take_rows
 from ._output import host_array, unit_maps
 from ._progress import Progress
 from ._protocol import (
@@ -178,8 +179,7 @@ class Scoring:
 
     def take(self, array: Array, rows: np.ndarray) -> Array:
         """The rows ``rows`` of a device array (the inputs, or one laid out like them)."""
-        xp = array_namespace(self.inputs)
-        return xp.take(array, xp.asarray(rows, device=device(self.inputs)), axis=0)
+        return take_rows(array, rows)
 
     def on_device(self, array: np.ndarray) -> Array:
         xp = array_namespace(self.inputs)

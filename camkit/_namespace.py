@@ -14,7 +14,7 @@ from typing import Any
 
 import array_api_compat
 
-__all__ = ["array_namespace", "device", "register_namespace"]
+__all__ = ["array_namespace", "device", "register_namespace", "take_rows"]
 
 #: ``(is_array, namespace)`` pairs registered by backends, tried in order.
 _SHIMS: list[tuple[Callable[[Any], bool], Any]] = []
@@ -56,3 +56,10 @@ def device(array: Any) -> Any:
     if shim is not None:
         return shim.device(array)
     return array_api_compat.device(array)
+
+
+def take_rows(array: Any, rows: Any) -> Any:
+    """``array[rows]`` along the first axis, on ``array``'s own device (``rows``, host
+    integers, are moved there first)."""
+    xp = array_namespace(array)
+    return xp.take(array, xp.asarray(rows, device=device(array)), axis=0)

@@ -28,6 +28,7 @@ from ._errors import CamkitError, CapabilityError
 from ._gradient import _nonzero_divide
 from ._inputs import ModelInputs
 from ._layout import LayoutLike
+from ._namespace import take_rows
 from ._progress import Progress
 from ._protocol import (
     FORWARD_FROM_LAYER,
@@ -91,8 +92,7 @@ def _sample_rows(inputs: Array, rows: np.ndarray) -> Array:
     """``inputs[rows]``; a single-sample batch is broadcast instead of copied."""
     if inputs.shape[0] == 1:
         return inputs
-    xp = array_namespace(inputs)
-    return xp.take(inputs, xp.asarray(rows, device=device(inputs)), axis=0)
+    return take_rows(inputs, rows)
 
 
 class ScoreCAM(CamMethod):

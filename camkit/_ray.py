@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 
 from ._base import LayerLike
-from ._batch_evaluation import BatchEvaluator, host_labels, take_rows
+from ._batch_evaluation import BatchEvaluator, host_labels, kept_rows
 from ._errors import InputError
 from ._evaluation_store import MapsDtype, Store, TableFormat, check_maps_dtype, check_table
 
@@ -106,7 +106,7 @@ class RayEvaluator:
         if not len(rows):
             columns = self._evaluator.columns
             return {name: np.zeros(0, dtype) for name, dtype in columns.items()}
-        inputs = take_rows(batch[image_column], rows)
+        inputs = kept_rows(batch[image_column], rows)
         inputs = inputs if self._preprocess is None else self._preprocess(inputs)
         labels = batch.get(label_column) if label_column is not None else None
         chosen = host_labels(labels, len(ids))

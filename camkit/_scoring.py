@@ -17,7 +17,7 @@ import numpy as np
 
 from ._errors import CamkitError, InputError, TargetError
 from ._multi import AllClasses, Classes, TopK
-from ._namespace import array_namespace, device
+from ._namespace import array_namespace, device, take_rows
 from ._targets import (
     CallableTarget,
     ClassScore,
@@ -99,9 +99,7 @@ class PinnedClasses(Target):
     def take(self, rows: np.ndarray) -> Target:
         if isinstance(self.indices, np.ndarray):
             return PinnedClasses(self.indices[rows], self.score, self.columns)
-        xp = array_namespace(self.indices)
-        taken = xp.take(self.indices, xp.asarray(rows, device=device(self.indices)), axis=0)
-        return PinnedClasses(taken, self.score, self.columns)
+        return PinnedClasses(take_rows(self.indices, rows), self.score, self.columns)
 
     def resolve(self, outputs: Array) -> ScoredTarget:
         xp = array_namespace(outputs)

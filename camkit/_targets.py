@@ -24,7 +24,7 @@ from typing import Any, ClassVar, Literal
 import numpy as np
 
 from ._errors import InputError, TargetError
-from ._namespace import array_namespace, device
+from ._namespace import array_namespace, device, take_rows
 
 __all__ = [
     "CallableTarget",
@@ -376,9 +376,7 @@ class SegmentationTarget(Target):
     def take(self, rows: np.ndarray) -> Target:
         if np.ndim(self.mask) != 3:
             return self
-        xp = array_namespace(self.mask)
-        picked = xp.take(self.mask, xp.asarray(rows, device=device(self.mask)), axis=0)
-        return SegmentationTarget(self.class_index, picked)
+        return SegmentationTarget(self.class_index, take_rows(self.mask, rows))
 
 
 @dataclass(frozen=True)
